@@ -1,0 +1,40 @@
+# One-command set-up, run and test. `make run` and `make test` work on a fresh machine:
+# each creates .venv and installs the project into it first.
+#   make run                      fetch MNIST (download), then `kedro run`
+#   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
+#   make test                     the test suite (tests make their own tiny data)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= mnist
+DATA_DIR ?= $(ATTN_PIPELINE_DATA_DIR)
+export KEDRO_DISABLE_TELEMETRY := 1
+
+.PHONY: setup data run test lint viz mlflow-ui
+
+$(BIN)/kedro $(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(VENV)/.installed
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(BIN)/attn-fetch-data $(DATASET) $(if $(DATA_DIR),--local-dir $(DATA_DIR))
+
+run: data
+	$(BIN)/kedro run $(if $(filter-out mnist,$(DATASET)),--env $(DATASET))
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+viz: setup
+	$(BIN)/kedro viz run --no-browser
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000

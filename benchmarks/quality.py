@@ -1,0 +1,59 @@
+"""Test loss of one variant trained with the pipeline's own nodes on full MNIST.
+
+The reference: pytorch/examples' VAE (MLP 784-400-20, 10 epochs, batch 128, Adam 1e-3,
+grey-level MNIST) reaches a test loss (BCE + KL per image) of 105.6 on this machine.
+
+    .venv/bin/python -m benchmarks.quality --backbone mlp --variant none
+    .venv/bin/python -m benchmarks.quality --backbone conv --variant latent --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+from attn_pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
+from attn_pipeline.pipelines.evaluate.nodes import evaluate_model
+from attn_pipeline.pipelines.train.nodes import train_model
+from benchmarks._data import load_splits
+
+REFERENCE_TEST_LOSS = 105.6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="mlp", choices=["conv", "mlp"])
+    parser.add_argument("--variant", default="none")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--latent-dim", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    train, val, test = load_splits()
+    model_config = ModelConfig(
+        variant=args.variant, backbone=args.backbone, latent_dim=args.latent_dim
+    )
+    losses = []
+    for seed in args.seeds:
+        config = TrainConfig(epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=seed)
+        started = time.perf_counter()
+        checkpoint, *_ = train_model(train, val, model_config, config)
+        seconds = time.perf_counter() - started
+        metrics = evaluate_model(checkpoint, test, EvaluateConfig())
+        losses.append(metrics["test/neg_elbo"])
+        print(
+            f"{args.variant}/{args.backbone} seed {seed}: test loss (BCE + KL per image) "
+            f"{metrics['test/neg_elbo']:.2f}, BCE {metrics['test/recon_bce']:.2f}, "
+            f"KL {metrics['test/kl']:.2f}; trained in {seconds:.0f} s"
+        )
+    spread = f" +- {statistics.stdev(losses):.2f}" if len(losses) > 1 else ""
+    print(
+        f"mean test loss {statistics.mean(losses):.2f}{spread} over {len(losses)} seed(s); "
+        f"reference {REFERENCE_TEST_LOSS}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Typed configuration: the parameters files, validated once at the node boundary.
+
+Kedro (>= 1.5) instantiates these models from ``params:<key>`` when a node's argument is
+annotated with one of them, so a bad value stops ``kedro run`` before the first node runs,
+with pydantic's message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+#: Model variants a ``model.variant`` parameter may name.
+Variant = Literal["none", "latent"]
+Backbone = Literal["conv", "mlp"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work, caught before any long work starts."""
+
+
+class _Config(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataPrepConfig(_Config):
+    """How raw IDX arrays become model-input tensors (``params:data_prep``)."""
+
+    val_size: int = Field(5000, ge=0, description="images held out of the training file")
+    seed: int = Field(0, description="seed of the train/validation split and of the subsets")
+    subset_size: PositiveInt | None = Field(
+        None, description="use only this many training-file images (before the split)"
+    )
+    test_subset_size: PositiveInt | None = Field(None, description="use only this many test images")
+
+    @model_validator(mode="after")
+    def _split_leaves_training_data(self) -> DataPrepConfig:
+        if self.subset_size is not None and self.val_size >= self.subset_size:
+            raise ValueError(
+                f"val_size ({self.val_size}) must be smaller than subset_size "
+                f"({self.subset_size}) so that some images are left to train on"
+            )
+        return self
+
+
+class ModelConfig(_Config):
+    """One model variant (``params:<namespace>.model``)."""
+
+    variant: Variant = "none"
+    backbone: Backbone = "conv"
+    latent_dim: PositiveInt = 20
+    hidden_dim: PositiveInt = Field(400, description="MLP backbone: width of the hidden layer")
+    conv_channels: tuple[PositiveInt, PositiveInt] = Field(
+        (32, 64), description="conv backbone: channels at 14x14 and at 7x7"
+    )
+    image_channels: PositiveInt = 1
+    image_size: PositiveInt = 28
+
+
+class TrainConfig(_Config):
+    """The optimisation budget, shared by every variant (``params:train``)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    learning_rate: float = Field(1e-3, gt=0)
+    beta: float = Field(1.0, ge=0, description="weight of the KL term")
+    kl_warmup_epochs: int = Field(0, ge=0, description="epochs over which beta ramps up from 0")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    def check_fits(self, n_train: int) -> None:
+        """Raise ``ConfigError`` when the batch size exceeds the training set."""
+        if self.batch_size > n_train:
+            raise ConfigError(
+                f"train.batch_size is {self.batch_size} but the training split has only "
+                f"{n_train} images: lower train.batch_size to at most {n_train}, or raise "
+                "data_prep.subset_size / lower data_prep.val_size."
+            )
+
+
+class EvaluateConfig(_Config):
+    """Test-set evaluation (``params:evaluate``)."""
+
+    batch_size: PositiveInt = 500
+    seed: int = Field(0, description="seed of the latent samples drawn for the ELBO")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class GenerateConfig(_Config):
+    """Image grids rendered for every variant (``params:generate``)."""
+
+    n_samples: PositiveInt = 64
+    n_reconstructions: PositiveInt = 16
+    n_interpolations: PositiveInt = 6
+    interpolation_steps: int = Field(10, ge=2)
+    seed: int = 0

@@ -1,0 +1,50 @@
+"""Kedro dataset for tensors and checkpoints saved with ``torch.save``."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from kedro.io import AbstractDataset, DatasetError
+
+
+class TorchDataset(AbstractDataset[Any, Any]):
+    """Tensors, dicts, lists and plain values in one ``torch.save`` file.
+
+    Loads with ``weights_only=True``: a file can hold tensors and containers of them but
+    no pickled code, so loading a checkpoint cannot execute anything. Saves go to a
+    temporary file that replaces the old one only when complete.
+
+    Example catalog entry::
+
+        "{variant}.checkpoint":
+          type: attn_pipeline.datasets.TorchDataset
+          filepath: data/06_models/{variant}/model.pt
+    """
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        path = Path(self._filepath)
+        if not path.is_file():
+            raise DatasetError(
+                f"{path} does not exist: run the pipeline that writes it first "
+                "(`kedro run` runs all of them)."
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def save(self, data: Any) -> None:
+        path = Path(self._filepath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        torch.save(data, tmp)
+        tmp.replace(path)
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath}

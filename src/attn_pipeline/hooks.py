@@ -1,0 +1,58 @@
+"""Checks that need more than one parameters file, run before the first node."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.io import CatalogProtocol
+from kedro.pipeline import Pipeline
+
+from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RunPlanCheckHook:
+    """Fail fast when the training budget cannot work with the data the run will have.
+
+    Single values are checked by Kedro against the typed configs; what is checked here
+    needs two of them (``train.batch_size`` against the size ``data_prep`` will produce).
+    """
+
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._params = context.config_loader["parameters"]
+
+    def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
+        if "train_set" in pipeline.all_outputs():
+            prep = DataPrepConfig.model_validate(self._params.get("data_prep", {}))
+            if prep.subset_size is not None:
+                return prep.subset_size - prep.val_size
+            raw = catalog.get("raw_train_images")
+            if raw is None or not raw.exists():
+                return None  # the load will fail with its own message
+            return raw.item_count() - prep.val_size
+        if catalog.exists("train_set"):
+            return len(catalog.load("train_set")["images"])
+        return None
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
+    ) -> None:
+        if not any(node.name.endswith("train_model") for node in pipeline.nodes):
+            return
+        train = TrainConfig.model_validate(self._params.get("train", {}))
+        n_train = self._expected_train_size(pipeline, catalog)
+        if n_train is None:
+            return
+        try:
+            train.check_fits(n_train)
+        except ConfigError:
+            logger.error("run stopped before any node ran: the configuration cannot work")
+            raise

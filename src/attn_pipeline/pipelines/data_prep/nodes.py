@@ -1,0 +1,78 @@
+"""Raw IDX arrays to model-input tensors: checked, scaled to [0, 1], split, optionally subset."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from attn_pipeline.config import DataPrepConfig
+
+logger = logging.getLogger(__name__)
+
+#: A split as saved to ``data/05_model_input``: float images (N, 1, H, W) and int64 labels (N,).
+TensorSplit = dict[str, torch.Tensor]
+
+
+class RawDataError(ValueError):
+    """Raw arrays that do not fit together."""
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, what: str) -> TensorSplit:
+    if images.ndim != 3:
+        raise RawDataError(
+            f"raw_{what}_images: expected shape (n, height, width), got {images.shape}; "
+            "check that the catalog entry points at an images file."
+        )
+    if labels.ndim != 1:
+        raise RawDataError(
+            f"raw_{what}_labels: expected shape (n,), got {labels.shape}; "
+            "check that the catalog entry points at a labels file."
+        )
+    if len(images) != len(labels):
+        raise RawDataError(
+            f"raw_{what}_images has {len(images)} images but raw_{what}_labels has "
+            f"{len(labels)} labels: the two files come from different releases or one is "
+            "damaged. Fetch them again with `attn-fetch-data <dataset> --force`."
+        )
+    scaled = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+    return {"images": scaled, "labels": torch.from_numpy(labels.astype(np.int64))}
+
+
+def _take(split: TensorSplit, index: torch.Tensor) -> TensorSplit:
+    return {key: value[index].clone() for key, value in split.items()}
+
+
+def split_training_file(
+    images: np.ndarray, labels: np.ndarray, config: DataPrepConfig
+) -> tuple[TensorSplit, TensorSplit]:
+    """Scale the training file to [0, 1] and split it, seeded, into train and validation.
+
+    With ``subset_size`` set, a seeded random subset of that many images is split instead.
+    """
+    full = _to_split(images, labels, "train")
+    n = len(full["labels"])
+    if config.subset_size is not None and config.subset_size > n:
+        raise RawDataError(f"data_prep.subset_size is {config.subset_size} but the file has {n}")
+    n_used = config.subset_size or n
+    if config.val_size >= n_used:
+        raise RawDataError(
+            f"data_prep.val_size ({config.val_size}) leaves no training images out of {n_used}"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:n_used]
+    val_index, train_index = order[: config.val_size], order[config.val_size :]
+    logger.info(
+        "split %d images: %d train, %d validation", n_used, len(train_index), len(val_index)
+    )
+    return _take(full, train_index), _take(full, val_index)
+
+
+def prepare_test_set(images: np.ndarray, labels: np.ndarray, config: DataPrepConfig) -> TensorSplit:
+    """Scale the test file to [0, 1]; with ``test_subset_size``, keep a seeded random subset."""
+    full = _to_split(images, labels, "test")
+    n = len(full["labels"])
+    if config.test_subset_size is None or config.test_subset_size >= n:
+        return full
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+    return _take(full, index[: config.test_subset_size])

@@ -1,0 +1,42 @@
+"""train: one namespaced copy of the training node per model variant."""
+
+from collections.abc import Sequence
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import train_model
+
+
+def variant_template() -> Pipeline:
+    """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared."""
+    return Pipeline(
+        [
+            Node(
+                train_model,
+                inputs=["train_set", "val_set", "params:model", "params:train"],
+                outputs=[
+                    "checkpoint",
+                    "epoch_checkpoints",
+                    "training_history",
+                    "sampler",
+                    "run_params",
+                ],
+                name="train_model",
+            )
+        ]
+    )
+
+
+def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
+    return sum(
+        (
+            Pipeline(
+                variant_template(),
+                namespace=variant,
+                inputs={"train_set", "val_set"},
+                parameters={"params:train"},
+            )
+            for variant in variants
+        ),
+        start=Pipeline([]),
+    )

@@ -1,0 +1,25 @@
+"""Project settings: https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+
+import warnings
+
+from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
+
+from attn_pipeline.hooks import RunPlanCheckHook
+from attn_pipeline.tracking import VariantRunsHook
+
+# omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call;
+# the warning repeats on every run and says nothing actionable for this project.
+warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
+
+HOOKS = (RunPlanCheckHook(), VariantRunsHook())
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # Lets mlflow.yml read MLFLOW_TRACKING_URI (Kedro allows oc.env only in credentials).
+    "custom_resolvers": {"oc.env": oc.env},
+    # kedro-mlflow adds this pattern itself, but only after the project's hooks have run.
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
+}

@@ -1,0 +1,176 @@
+"""MLflow tracking, in one place for every variant.
+
+kedro-mlflow opens one run per ``kedro run``. :class:`VariantRunsHook` gives each
+pipeline namespace (one model variant) a child run of it, so the MLflow UI's compare view
+lines the variants up under the same metric names. Nodes stay free of MLflow: what a
+variant's run receives is declared in the catalog, through a dataset's metadata::
+
+    metadata:
+      variant_run: artifact   # log the saved file as an artifact
+      # or: metrics (a dict of floats), params (a nested dict, flattened), model (an nn.Module)
+
+Only per-epoch curves are logged from inside a node, through :func:`log_epoch_metrics`,
+because they must reach MLflow while training runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from kedro.config import MissingConfigException
+from kedro.framework.hooks import hook_impl
+from kedro.io import CatalogProtocol
+from kedro.pipeline import Node
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "variant_run"
+_KINDS = ("artifact", "metrics", "params", "model")
+
+
+def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
+    """Log one epoch's metrics to the active run (the variant's), if MLflow is on."""
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics, step=epoch)
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"latent_dim": 20}} -> {"model.latent_dim": 20}``."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, prefix=f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_sampler_model(sampler: torch.nn.Module) -> None:
+    """Log a ``z (B, D) -> images`` module to the active run as ``model``, with a signature."""
+    example = torch.randn(2, sampler.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = sampler(example)
+    mlflow.pytorch.log_model(
+        sampler,
+        name="model",
+        input_example=example.numpy(),
+        signature=infer_signature(example.numpy(), output.numpy()),
+        serialization_format="pickle",
+    )
+
+
+def ensure_sqlite_folder(tracking_uri: str, project_path: Path) -> None:
+    """Create the folder of a relative ``sqlite:///dir/file.db`` store (SQLite will not)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not tracking_uri.startswith(prefix + "/"):
+        (project_path / tracking_uri.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+class VariantRunsHook:
+    """One nested MLflow run per namespace (variant), under kedro-mlflow's run."""
+
+    def __init__(self) -> None:
+        self._catalog: CatalogProtocol | None = None
+        self._params: dict[str, Any] = {}
+        self._project_path = Path.cwd()
+        self._runs: dict[str, str] = {}  # namespace -> run id
+        self._activated: set[str] = set()  # nodes whose run this hook opened
+
+    # tryfirst: the store's folder must exist before kedro-mlflow opens the store.
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        self._params = context.config_loader["parameters"]
+        self._project_path = Path(context.project_path)
+        self._runs.clear()
+        try:
+            uri = context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
+        except (KeyError, TypeError, MissingConfigException):
+            uri = None
+        if uri:
+            ensure_sqlite_folder(str(uri), self._project_path)
+
+    @hook_impl
+    def after_catalog_created(self, catalog: CatalogProtocol) -> None:
+        self._catalog = catalog
+
+    def _tags(self, namespace: str) -> dict[str, str]:
+        scope = self._params.get(namespace, {})
+        tags = {
+            "variant": str(scope.get("model", {}).get("variant", namespace)),
+            "namespace": namespace,
+            "dataset": str(self._params.get("dataset", "")),
+            "seed": str(self._params.get("train", {}).get("seed", "")),
+        }
+        commit = _git_commit(self._project_path)
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        return tags
+
+    def _open(self, namespace: str) -> None:
+        """Make the namespace's run the active one (creating it on first use)."""
+        if namespace in self._runs:
+            mlflow.start_run(run_id=self._runs[namespace], nested=True)
+        else:
+            run = mlflow.start_run(run_name=namespace, nested=True, tags=self._tags(namespace))
+            self._runs[namespace] = run.info.run_id
+            logger.info("MLflow run '%s' (%s) opened", namespace, run.info.run_id)
+
+    # trylast: kedro-mlflow re-activates its own run in before_node_run, which fails if a
+    # nested run is already active, so this hook must come after it.
+    @hook_impl(trylast=True)
+    def before_node_run(self, node: Node) -> None:
+        if node.namespace and mlflow.active_run() is not None:
+            self._open(node.namespace)
+            self._activated.add(node.name)
+
+    @hook_impl(tryfirst=True)
+    def after_node_run(self, node: Node) -> None:
+        if node.name in self._activated:
+            self._activated.discard(node.name)
+            mlflow.end_run()
+
+    @hook_impl(tryfirst=True)
+    def on_node_error(self, node: Node) -> None:
+        if node.name in self._activated:
+            self._activated.discard(node.name)
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Node) -> None:
+        if not node.namespace or node.namespace not in self._runs or self._catalog is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        kind = (getattr(dataset, "metadata", None) or {}).get(METADATA_KEY)
+        if kind is None:
+            return
+        if kind not in _KINDS:
+            raise ValueError(
+                f"catalog entry {dataset_name}: {METADATA_KEY} must be one of {_KINDS}"
+            )
+        with mlflow.start_run(run_id=self._runs[node.namespace], nested=True):
+            if kind == "artifact":
+                mlflow.log_artifact(str(dataset._filepath))  # noqa: SLF001
+            elif kind == "metrics":
+                mlflow.log_metrics({k: float(v) for k, v in data.items()})
+            elif kind == "params":
+                mlflow.log_params(flatten(data))
+            else:
+                log_sampler_model(data)

@@ -1,0 +1,149 @@
+"""The one training loop every model variant goes through."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from attn_pipeline.config import TrainConfig
+from attn_pipeline.losses import training_objective, vae_loss_terms
+from attn_pipeline.metrics import evaluate_reconstruction
+from attn_pipeline.models import VAE
+
+logger = logging.getLogger(__name__)
+
+#: Called after each epoch with (epoch, metrics); epochs count from 1.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+# Validation draws its posterior samples from this fixed seed so that epochs are comparable.
+_VALIDATION_SEED = 1234
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto'.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("train.device is 'mps' but MPS is not available; use 'auto'.")
+    return torch.device(name)
+
+
+def kl_weight(config: TrainConfig, epoch: int) -> float:
+    """``beta``, ramped linearly over the first ``kl_warmup_epochs`` epochs (1-based)."""
+    if config.kl_warmup_epochs == 0:
+        return config.beta
+    return config.beta * min(1.0, epoch / config.kl_warmup_epochs)
+
+
+@dataclass
+class TrainingResult:
+    """The trained model (on the CPU), one metrics row per epoch and a state per epoch."""
+
+    model: VAE
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+def fit(
+    model: VAE,
+    train_images: torch.Tensor,
+    val_images: torch.Tensor | None,
+    config: TrainConfig,
+    *,
+    on_epoch_end: EpochCallback | None = None,
+    show_progress: bool | None = None,
+) -> TrainingResult:
+    """Train ``model`` with Adam on ``train_images (N, C, H, W)`` in [0, 1].
+
+    Batches are drawn by indexing the in-memory tensor with a seeded permutation (a
+    DataLoader's per-item collation costs more than the model on MNIST-sized data).
+    ``show_progress`` defaults to a progress bar only when stderr is a terminal.
+    """
+    config.check_fits(len(train_images))
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    train_images = train_images.to(device)
+    if val_images is not None and len(val_images) == 0:
+        val_images = None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    order = torch.Generator().manual_seed(config.seed)
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    n = len(train_images)
+    n_batches = (n + config.batch_size - 1) // config.batch_size
+    result = TrainingResult(model=model)
+    logger.info(
+        "training %d parameters on %d images (%d batches/epoch) on %s",
+        sum(p.numel() for p in model.parameters()),
+        n,
+        n_batches,
+        device,
+    )
+    for epoch in range(1, config.epochs + 1):
+        beta = kl_weight(config, epoch)
+        model.train()
+        started = time.perf_counter()
+        sums = torch.zeros(3, device=device)
+        permutation = torch.randperm(n, generator=order).to(device)
+        batches = range(0, n, config.batch_size)
+        bar = tqdm(
+            batches,
+            total=n_batches,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            disable=not show_progress,
+        )
+        for start in bar:
+            x = train_images[permutation[start : start + config.batch_size]]
+            terms = vae_loss_terms(model(x), x)
+            loss = training_objective(terms, beta=beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sums += torch.stack([terms.neg_elbo.sum(), terms.recon.sum(), terms.kl.sum()])
+        train_seconds = time.perf_counter() - started
+        train_loss, train_recon, train_kl = (sums / n).tolist()
+        metrics = {
+            "train/loss": train_loss,
+            "train/recon": train_recon,
+            "train/kl": train_kl,
+            "train/beta": beta,
+            "train/epoch_seconds": train_seconds,
+        }
+        if val_images is not None:
+            val = evaluate_reconstruction(model, val_images, seed=_VALIDATION_SEED)
+            metrics |= {
+                "val/loss": val.neg_elbo,
+                "val/recon": val.recon_bce,
+                "val/kl": val.kl,
+                "val/mse": val.mse,
+            }
+        logger.info(
+            "epoch %d/%d  %s  (%.1f s)",
+            epoch,
+            config.epochs,
+            "  ".join(f"{k}={v:.3f}" for k, v in metrics.items() if not k.endswith("seconds")),
+            train_seconds,
+        )
+        result.history.append({"epoch": epoch, **metrics})
+        result.epoch_states.append(
+            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    model.to("cpu")
+    return result

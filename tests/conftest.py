@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny IDX files made on the fly, never the real data sets."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attn_pipeline.datasets import encode_idx
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+RAW_NAMES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def digit_like_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28x28 uint8 images of bright bars whose position depends on a label 0-9."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = 4 + 2 * int(label)
+        images[i, row : row + 3, 6:22] = 255
+        images[i] = np.clip(images[i] + rng.integers(0, 40, size=(28, 28)), 0, 255)
+    return images, labels
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    data = encode_idx(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dict[str, Path]:
+    """The four MNIST-named files with tiny synthetic content in ``folder``."""
+    train_images, train_labels = digit_like_images(n_train, seed=0)
+    test_images, test_labels = digit_like_images(n_test, seed=1)
+    arrays = {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+    return {key: write_idx(folder / RAW_NAMES[key], arrays[key]) for key in arrays}
+
+
+@pytest.fixture
+def raw_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "raw"
+    write_raw_dataset(folder)
+    return folder

@@ -1,0 +1,43 @@
+"""Typed configuration: bad values fail with messages that say what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from attn_pipeline.config import ConfigError, DataPrepConfig, ModelConfig, TrainConfig
+
+
+def test_unknown_variant_lists_the_allowed_ones() -> None:
+    with pytest.raises(ValidationError) as info:
+        ModelConfig(variant="transformer")
+    message = str(info.value)
+    assert "variant" in message and "'none'" in message and "'latent'" in message
+
+
+@pytest.mark.parametrize("field", ["latent_dim", "hidden_dim"])
+def test_non_positive_sizes(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        ModelConfig(**{field: 0})
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+def test_non_positive_epochs(epochs: int) -> None:
+    with pytest.raises(ValidationError, match="epochs"):
+        TrainConfig(epochs=epochs)
+
+
+def test_misspelt_key_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="epoch"):
+        TrainConfig.model_validate({"epoch": 5})
+
+
+def test_batch_larger_than_the_data_names_the_fix() -> None:
+    with pytest.raises(ConfigError, match="batch_size is 256 .* only 100 images"):
+        TrainConfig(batch_size=256).check_fits(100)
+    TrainConfig(batch_size=100).check_fits(100)
+
+
+def test_validation_split_must_leave_training_images() -> None:
+    with pytest.raises(ValidationError, match="val_size"):
+        DataPrepConfig(val_size=100, subset_size=100)

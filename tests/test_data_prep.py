@@ -1,0 +1,63 @@
+"""data_prep nodes: scaling, seeded split, subsets, and mismatched raw files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attn_pipeline.config import DataPrepConfig
+from attn_pipeline.pipelines.data_prep.nodes import (
+    RawDataError,
+    prepare_test_set,
+    split_training_file,
+)
+from tests.conftest import digit_like_images
+
+
+@pytest.fixture
+def raw() -> tuple[np.ndarray, np.ndarray]:
+    return digit_like_images(100)
+
+
+def test_split_scales_to_unit_range_and_keeps_every_image_once(raw) -> None:
+    train, val = split_training_file(*raw, DataPrepConfig(val_size=20))
+    assert train["images"].shape == (80, 1, 28, 28) and val["images"].shape == (20, 1, 28, 28)
+    assert train["images"].dtype == torch.float32 and train["labels"].dtype == torch.int64
+    assert 0.0 <= float(train["images"].min()) and float(train["images"].max()) <= 1.0
+    both = torch.cat([train["images"], val["images"]]).flatten(1)
+    expected = torch.from_numpy(raw[0].astype(np.float32) / 255).flatten(1)
+    # the same multiset of rows: compare sorted row sums as a cheap fingerprint
+    assert torch.equal(both.sum(1).sort().values, expected.sum(1).sort().values)
+
+
+def test_split_is_seeded(raw) -> None:
+    a, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3))
+    b, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3))
+    c, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=4))
+    assert torch.equal(a["labels"], b["labels"])
+    assert not torch.equal(a["images"], c["images"])
+
+
+def test_subset_sizes(raw) -> None:
+    train, val = split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=50))
+    assert len(train["images"]) == 40 and len(val["images"]) == 10
+    test = prepare_test_set(*raw, DataPrepConfig(test_subset_size=30))
+    assert len(test["images"]) == 30 and len(test["labels"]) == 30
+
+
+def test_images_and_labels_of_different_lengths(raw) -> None:
+    images, labels = raw
+    with pytest.raises(RawDataError, match="100 images but raw_train_labels has 99 labels"):
+        split_training_file(images, labels[:99], DataPrepConfig(val_size=10))
+
+
+def test_labels_passed_as_images(raw) -> None:
+    _, labels = raw
+    with pytest.raises(RawDataError, match="raw_test_images: expected shape"):
+        prepare_test_set(labels, labels, DataPrepConfig())
+
+
+def test_subset_larger_than_the_file(raw) -> None:
+    with pytest.raises(RawDataError, match="subset_size is 500"):
+        split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=500))

@@ -1,0 +1,108 @@
+"""attn-fetch-data: verified copies from a local folder; fast, clear failure offline."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from attn_pipeline import fetch_data
+from attn_pipeline.fetch_data import DataSource, FetchError, RawFile, fetch
+from tests.conftest import RAW_NAMES, write_raw_dataset
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def tiny_source(monkeypatch: pytest.MonkeyPatch, raw_folder: Path) -> Path:
+    """Register a data set 'tiny' whose checksums are those of the synthetic files."""
+    files = []
+    for name in RAW_NAMES.values():
+        data = (raw_folder / name).read_bytes()
+        files.append(RawFile(name, gz_md5="0" * 32, raw_md5=_md5(gzip.decompress(data))))
+    source = DataSource(files=tuple(files), mirrors=("http://127.0.0.1:9/",), aliases=("tiny",))
+    monkeypatch.setitem(fetch_data.SOURCES, "tiny", source)
+    monkeypatch.setattr(fetch_data, "DEBIAN_ROOT", raw_folder.parent / "no-debian")
+    monkeypatch.delenv(fetch_data.ENV_VAR, raising=False)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(fetch_data.urllib.request, "urlopen", offline)
+    return raw_folder
+
+
+def test_copies_verified_files_from_a_local_folder(tiny_source: Path, tmp_path: Path) -> None:
+    dest = fetch("tiny", tmp_path / "data", local_dir=tiny_source)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(RAW_NAMES.values())
+    for name in RAW_NAMES.values():
+        assert (dest / name).read_bytes() == (tiny_source / name).read_bytes()
+
+
+def test_environment_variable_names_the_local_folder(
+    tiny_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(fetch_data.ENV_VAR, str(tiny_source.parent))  # the data set's parent
+    (tiny_source.parent / "tiny").symlink_to(tiny_source)
+    dest = fetch("tiny", tmp_path / "data")
+    assert len(list(dest.iterdir())) == 4
+
+
+def test_uncompressed_local_files_are_accepted(tiny_source: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in RAW_NAMES.values():
+        content = gzip.decompress((tiny_source / name).read_bytes())
+        (plain / name.removesuffix(".gz")).write_bytes(content)
+    dest = fetch("tiny", tmp_path / "data", local_dir=plain)
+    for name in RAW_NAMES.values():
+        assert gzip.decompress((dest / name).read_bytes()) == (plain / name[:-3]).read_bytes()
+
+
+def test_corrupt_local_copy_is_refused_and_nothing_is_written(
+    tiny_source: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    write_raw_dataset(bad, n_train=10)  # same names, other content
+    with pytest.raises(FetchError) as info:
+        fetch("tiny", tmp_path / "data", local_dir=bad)
+    assert "md5 matches neither" in str(info.value)
+    assert not (tmp_path / "data" / "tiny").exists()
+
+
+def test_offline_without_a_local_copy_fails_fast_and_says_what_it_tried(
+    tiny_source: Path, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(FetchError) as info:
+        fetch("tiny", tmp_path / "data")
+    message = str(info.value)
+    assert time.monotonic() - started < 5
+    assert "download" in message and "no network" in message
+    assert "--local-dir" in message and fetch_data.ENV_VAR in message
+
+
+def test_files_already_in_place_are_kept(tiny_source: Path, tmp_path: Path) -> None:
+    dest = fetch("tiny", tmp_path / "data", local_dir=tiny_source)
+    stamp = (dest / RAW_NAMES["train_images"]).stat().st_mtime_ns
+    fetch("tiny", tmp_path / "data")  # offline, no local folder: the verified copy suffices
+    assert (dest / RAW_NAMES["train_images"]).stat().st_mtime_ns == stamp
+
+
+def test_unknown_dataset_lists_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match="fashion_mnist"):
+        fetch("cifar", tmp_path)
+
+
+def test_cli_exit_code(tiny_source: Path, tmp_path: Path) -> None:
+    assert fetch_data.main(["tiny", "--dest", str(tmp_path / "d")]) == 1
+    assert (
+        fetch_data.main(["tiny", "--dest", str(tmp_path / "d"), "--local-dir", str(tiny_source)])
+        == 0
+    )

@@ -1,0 +1,169 @@
+"""A real `kedro run` through a KedroSession on tiny data, into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from tests.conftest import write_raw_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = {
+    "data_prep": {"val_size": 40, "test_subset_size": 40},
+    "train": {"epochs": 2, "batch_size": 50},
+    "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project's configuration with tiny raw data, run from its own folder."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()  # the package itself is imported from the environment
+    write_raw_dataset(root / "data" / "01_raw" / "mnist")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(project: Path) -> str:
+    return f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+
+
+def _run(
+    project: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime_params: dict,
+    pipeline: str | None = None,
+) -> dict:
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    (project / "mlruns").mkdir(exist_ok=True)
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        kwargs = {"pipeline_names": [pipeline]} if pipeline else {}
+        return session.run(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def default_run(project: Path, tracking_uri: str) -> Path:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _run(project, tracking_uri, monkeypatch, TINY_RUN)
+    return project
+
+
+def _variant_runs(tracking_uri: str) -> dict[str, mlflow.entities.Run]:
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return {run.info.run_name: run for run in runs if "mlflow.parentRunId" in run.data.tags}
+
+
+def test_each_variant_is_a_child_run_with_the_same_metric_names(
+    default_run: Path, tracking_uri: str
+) -> None:
+    runs = _variant_runs(tracking_uri)
+    assert set(runs) == {"none", "latent"}
+    parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
+    assert len(parents) == 1
+    names = [set(run.data.metrics) for run in runs.values()]
+    assert names[0] == names[1]
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert {"test/neg_elbo", "test/recon_bce", "test/mse", "test/kl"} <= set(run.data.metrics)
+        assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= set(run.data.metrics)
+        assert run.data.tags["variant"] == run.info.run_name
+        assert run.data.tags["dataset"] == "mnist"
+        assert run.data.params["model.variant"] == run.info.run_name
+        assert run.data.params["train.epochs"] == "2"
+        # the per-epoch curve has one point per epoch
+        history = mlflow.MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val/loss")
+        assert [m.step for m in history] == [1, 2]
+
+
+def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_uri: str) -> None:
+    client = mlflow.MlflowClient(tracking_uri)
+    for name, run in _variant_runs(tracking_uri).items():
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {
+            "samples.png",
+            "reconstructions.png",
+            "interpolations.png",
+            "training_history.csv",
+        } <= artifacts
+        for image in ("samples", "reconstructions", "interpolations"):
+            assert (default_run / "data" / "08_reporting" / name / f"{image}.png").is_file()
+        reports = default_run / "data" / "08_reporting" / name
+        metrics = json.loads((reports / "test_metrics.json").read_text())
+        assert metrics["test/neg_elbo"] == pytest.approx(run.data.metrics["test/neg_elbo"])
+        assert len(list((default_run / "data/06_models" / name / "epochs").glob("epoch_*.pt"))) == 2
+    table = (default_run / "data" / "08_reporting" / "test_metrics.csv").read_text()
+    assert table.splitlines()[0].startswith("variant,neg_elbo")
+
+
+def test_logged_model_reloads_in_a_fresh_process_and_generates(
+    default_run: Path, tracking_uri: str
+) -> None:
+    run_id = _variant_runs(tracking_uri)["latent"].info.run_id
+    script = (
+        "import mlflow, torch, sys\n"
+        f"mlflow.set_tracking_uri({tracking_uri!r})\n"
+        f"model = mlflow.pytorch.load_model('runs:/{run_id}/model')\n"
+        "images = model(torch.randn(5, 20))\n"
+        "assert images.shape == (5, 1, 28, 28), images.shape\n"
+        "assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=default_run,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_train_pipeline_runs_on_its_own(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = default_run / "data" / "06_models" / "none" / "model.pt"
+    before = checkpoint.stat().st_mtime_ns
+    _run(
+        default_run,
+        tracking_uri,
+        monkeypatch,
+        {"train": {"epochs": 1, "batch_size": 50}},
+        pipeline="train",
+    )
+    assert checkpoint.stat().st_mtime_ns > before
+
+
+def test_bad_config_stops_the_run_before_any_node(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = default_run / "data" / "06_models" / "latent" / "model.pt"
+    before = checkpoint.read_bytes()
+    with pytest.raises(Exception, match="(?s)latent.model.*Input should be 'none' or 'latent'"):
+        _run(
+            default_run,
+            tracking_uri,
+            monkeypatch,
+            {**TINY_RUN, "latent": {"model": {"variant": "bogus"}}},
+        )
+    with pytest.raises(Exception, match="batch_size is 5000"):
+        _run(default_run, tracking_uri, monkeypatch, {"train": {"batch_size": 5000}})
+    assert checkpoint.read_bytes() == before  # nothing already saved is lost
