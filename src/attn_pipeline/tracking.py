@@ -54,7 +54,12 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_sampler_model(sampler: torch.nn.Module) -> None:
-    """Log a ``z (B, D) -> images`` module to the active run as ``model``, with a signature."""
+    """Log a ``z (B, D) -> images`` module to the active run as ``model``, with a signature.
+
+    Saved in MLflow's ``pt2`` format (a ``torch.export`` graph): it loads without this
+    project's code and without unpickling anything. The requirements are given, not
+    inferred: inference re-imports the model in a subprocess and costs seconds per model.
+    """
     example = torch.randn(2, sampler.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         output = sampler(example)
@@ -63,7 +68,8 @@ def log_sampler_model(sampler: torch.nn.Module) -> None:
         name="model",
         input_example=example.numpy(),
         signature=infer_signature(example.numpy(), output.numpy()),
-        serialization_format="pickle",
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
 
 
