@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 
-from attn_pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
+from attn_pipeline.config import DataPrepConfig, EvaluateConfig, ModelConfig, TrainConfig
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model
 from attn_pipeline.pipelines.train.nodes import train_model
 from benchmarks._data import load_splits
@@ -29,9 +29,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=5000,
+        help="validation images held out (0 trains on all 60,000, as the reference does)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    train, val, test = load_splits()
+    train, val, test = load_splits(config=DataPrepConfig(val_size=args.val_size))
     model_config = ModelConfig(
         variant=args.variant, backbone=args.backbone, latent_dim=args.latent_dim
     )
@@ -44,7 +50,8 @@ def main() -> None:
         metrics = evaluate_model(checkpoint, test, EvaluateConfig())
         losses.append(metrics["test/neg_elbo"])
         print(
-            f"{args.variant}/{args.backbone} seed {seed}: test loss (BCE + KL per image) "
+            f"{args.variant}/{args.backbone} seed {seed}, {len(train['images'])} training "
+            f"images: test loss (BCE + KL per image) "
             f"{metrics['test/neg_elbo']:.2f}, BCE {metrics['test/recon_bce']:.2f}, "
             f"KL {metrics['test/kl']:.2f}; trained in {seconds:.0f} s"
         )
