@@ -41,7 +41,9 @@ class RunPlanCheckHook:
             return len(catalog.load("train_set")["images"])
         return None
 
-    @hook_impl
+    # tryfirst: a run that cannot work must stop before kedro-mlflow opens its MLflow run;
+    # Kedro calls no error hook for a failure here, so that run would be left open.
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
