@@ -8,8 +8,10 @@ import torch
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.losses import gaussian_kl, vae_loss_terms
 from attn_pipeline.models import (
+    CBAM,
     ImageSampler,
     LatentSoftmaxAttention,
+    SelfAttention2d,
     build_vae,
     load_checkpoint,
     make_checkpoint,
@@ -17,8 +19,21 @@ from attn_pipeline.models import (
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
 
-VARIANTS = ["none", "latent"]
+VARIANTS = ["none", "latent", "spatial", "self", "cbam"]
 BACKBONES = ["conv", "mlp"]
+CONV_ONLY = {"self", "cbam"}
+#: the maps each variant's forward returns in eval mode, with their shapes for batch 5
+EXPECTED_MAPS = {
+    "none": {},
+    "latent": {"latent": (5, 8)},
+    "spatial": {"spatial": (5, 1, 14, 14)},
+    "self": {"self": (5, 1, 14, 14)},
+    "cbam": {"cbam_spatial": (5, 1, 14, 14), "cbam_channel": (5, 32)},
+}
+
+
+def _config(variant: str, backbone: str = "conv", **kwargs) -> ModelConfig:
+    return ModelConfig(variant=variant, backbone=backbone, latent_dim=8, **kwargs)
 
 
 @pytest.fixture
@@ -29,17 +44,44 @@ def batch() -> torch.Tensor:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_shapes(variant: str, backbone: str, batch: torch.Tensor) -> None:
-    model = build_vae(ModelConfig(variant=variant, backbone=backbone, latent_dim=8))
+def test_forward_shapes_and_attention_maps(
+    variant: str, backbone: str, batch: torch.Tensor
+) -> None:
+    if backbone == "mlp" and variant in CONV_ONLY:
+        pytest.skip("conv-only variant")
+    model = build_vae(_config(variant, backbone)).eval()
     out = model(batch[:5])
     assert out.logits.shape == (5, 1, 28, 28)
     assert out.mu.shape == out.logvar.shape == out.z.shape == (5, 8)
-    if variant == "latent":
-        assert set(out.attention) == {"latent"}
-        assert out.attention["latent"].shape == (5, 8)
-        torch.testing.assert_close(out.attention["latent"].sum(1), torch.ones(5))
-    else:
-        assert out.attention == {}
+    shapes = {name: tuple(value.shape) for name, value in out.attention.items()}
+    assert shapes == EXPECTED_MAPS[variant]
+    for name in ("latent", "spatial", "self"):  # distributions over dimensions / positions
+        if name in out.attention:
+            torch.testing.assert_close(out.attention[name].flatten(1).sum(1), torch.ones(5))
+
+
+@pytest.mark.parametrize("variant", sorted(CONV_ONLY))
+def test_conv_only_variants_refuse_the_mlp_backbone(variant: str) -> None:
+    with pytest.raises(ValueError, match="needs backbone: conv"):
+        _config(variant, "mlp")
+
+
+@pytest.mark.parametrize("variant", ["self", "cbam"])
+def test_feature_attention_starts_as_the_identity(variant: str, batch: torch.Tensor) -> None:
+    """gamma = 0 at initialisation: the block passes its input through unchanged."""
+    model = build_vae(_config(variant)).eval()
+    block = model.generator.decoder.block
+    features = torch.randn(4, 32, 14, 14)
+    torch.testing.assert_close(block(features)[0], features)
+
+
+def test_attention_blocks_preserve_shape_once_trained() -> None:
+    for block in (SelfAttention2d(32), CBAM(32)):
+        with torch.no_grad():
+            block.gamma.fill_(0.5)
+        features = torch.randn(2, 32, 7, 7)
+        out, _ = block(features)
+        assert out.shape == features.shape and not torch.allclose(out, features)
 
 
 def test_latent_attention_is_the_blog_posts_softmax() -> None:
@@ -64,8 +106,10 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere() -> None:
 def test_training_lowers_the_loss_on_a_small_batch(
     variant: str, backbone: str, batch: torch.Tensor
 ) -> None:
+    if backbone == "mlp" and variant in CONV_ONLY:
+        pytest.skip("conv-only variant")
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant=variant, backbone=backbone, latent_dim=8))
+    model = build_vae(_config(variant, backbone))
 
     def loss() -> float:
         with torch.no_grad():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -29,6 +30,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
+    # a small study: two variants (one steerable), two seeds
+    (root / "conf" / "local" / "parameters.yml").write_text(
+        "study:\n  variants: [none, spatial]\n  seeds: [0, 1]\n"
+    )
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # the package itself is imported from the environment
     write_raw_dataset(root / "data" / "01_raw" / "mnist")
@@ -157,7 +162,7 @@ def test_bad_config_stops_the_run_before_any_node(
 ) -> None:
     checkpoint = default_run / "data" / "06_models" / "latent" / "model.pt"
     before = checkpoint.read_bytes()
-    with pytest.raises(Exception, match="(?s)latent.model.*Input should be 'none' or 'latent'"):
+    with pytest.raises(Exception, match="(?s)latent.model.*Input should be 'none', 'latent'"):
         _run(
             default_run,
             tracking_uri,
@@ -167,3 +172,49 @@ def test_bad_config_stops_the_run_before_any_node(
     with pytest.raises(Exception, match="batch_size is 5000"):
         _run(default_run, tracking_uri, monkeypatch, {"train": {"batch_size": 5000}})
     assert checkpoint.read_bytes() == before  # nothing already saved is lost
+    assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
+
+
+def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(
+        default_run,
+        tracking_uri,
+        monkeypatch,
+        {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}},
+        pipeline="compare",
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    study_parent = next(r for r in runs if r.data.tags.get("mlflow.runName") == "compare")
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == study_parent.info.run_id
+    ]
+    assert sorted(r.info.run_name for r in children) == [
+        "study.none_seed0",
+        "study.none_seed1",
+        "study.spatial_seed0",
+        "study.spatial_seed1",
+    ]
+    assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
+        ("none", "0"),
+        ("none", "1"),
+        ("spatial", "0"),
+        ("spatial", "1"),
+    }
+    shared = set.intersection(*(set(r.data.metrics) for r in children))
+    assert {"test/neg_elbo", "test/mse", "val/loss"} <= shared
+    parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
+    assert {"comparison.csv", "comparison.md", "comparison.png"} <= parent_artifacts
+    table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
+    assert list(table["variant"]) == ["none", "spatial"]
+    assert list(table["seeds"]) == [2, 2]
+    assert table.loc[0, "neg_elbo_diff"] == 0.0
+    markdown = (default_run / "data/08_reporting/study/comparison.md").read_text()
+    assert "| spatial | 2 |" in markdown
+    reports = default_run / "data" / "08_reporting"
+    assert (reports / "study.spatial_seed0" / "steering.png").is_file()
+    assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
+    assert not (reports / "study.none_seed1" / "steering.png").exists()

@@ -12,8 +12,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 #: Model variants a ``model.variant`` parameter may name.
-Variant = Literal["none", "latent"]
+Variant = Literal["none", "latent", "spatial", "self", "cbam"]
 Backbone = Literal["conv", "mlp"]
+#: Variants whose generator holds a weight map over image positions computed from z: the
+#: attention loss supervises it and steering edits it.
+SPATIAL_MAP_VARIANTS = frozenset({"spatial"})
+#: Variants that live inside the conv decoder's feature maps.
+CONV_ONLY_VARIANTS = frozenset({"self", "cbam"})
 
 
 class ConfigError(ValueError):
@@ -57,6 +62,26 @@ class ModelConfig(_Config):
     )
     image_channels: PositiveInt = 1
     image_size: PositiveInt = 28
+    attention_resolution: Literal[7, 14] = Field(
+        14, description="side of the decoder feature map the attention works on (7 or 14)"
+    )
+    attention_loss_weight: float = Field(
+        0.0, ge=0, description="weight of the attention loss (spatial variant only)"
+    )
+
+    @model_validator(mode="after")
+    def _variant_fits_backbone(self) -> ModelConfig:
+        if self.backbone == "mlp" and self.variant in CONV_ONLY_VARIANTS:
+            raise ValueError(
+                f"variant '{self.variant}' attends over conv feature maps and needs "
+                "backbone: conv; with backbone: mlp use none, latent or spatial"
+            )
+        if self.attention_loss_weight > 0 and self.variant not in SPATIAL_MAP_VARIANTS:
+            raise ValueError(
+                f"attention_loss_weight applies to variants with a spatial map "
+                f"({sorted(SPATIAL_MAP_VARIANTS)}), not to '{self.variant}': set it to 0"
+            )
+        return self
 
 
 class TrainConfig(_Config):
@@ -88,6 +113,44 @@ class EvaluateConfig(_Config):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
+class ScaleRectangleEdit(_Config):
+    """Multiply the attention inside a pixel rectangle ``[top, bottom) x [left, right)``."""
+
+    kind: Literal["scale_rectangle"] = "scale_rectangle"
+    top: int = Field(0, ge=0, le=28)
+    bottom: int = Field(14, ge=0, le=28)
+    left: int = Field(0, ge=0, le=28)
+    right: int = Field(28, ge=0, le=28)
+    factor: float = Field(8.0, ge=0)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> ScaleRectangleEdit:
+        if self.bottom <= self.top or self.right <= self.left:
+            raise ValueError(
+                f"empty rectangle rows [{self.top}, {self.bottom}) x cols "
+                f"[{self.left}, {self.right}): need top < bottom and left < right"
+            )
+        return self
+
+
+class ReplaceMapEdit(_Config):
+    """Replace the attention map by ``values``, a grid of non-negative weights."""
+
+    kind: Literal["replace"] = "replace"
+    values: list[list[float]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> ReplaceMapEdit:
+        widths = {len(row) for row in self.values}
+        if len(widths) != 1 or 0 in widths:
+            raise ValueError("values must be a non-empty grid: every row the same length")
+        if any(v < 0 for row in self.values for v in row) or not any(
+            v > 0 for row in self.values for v in row
+        ):
+            raise ValueError("values must be non-negative with at least one positive weight")
+        return self
+
+
 class GenerateConfig(_Config):
     """Image grids rendered for every variant (``params:generate``)."""
 
@@ -95,4 +158,26 @@ class GenerateConfig(_Config):
     n_reconstructions: PositiveInt = 16
     n_interpolations: PositiveInt = 6
     interpolation_steps: int = Field(10, ge=2)
+    n_attention_examples: PositiveInt = 8
+    n_steered: PositiveInt = 16
+    steering: ScaleRectangleEdit | ReplaceMapEdit = Field(
+        default_factory=ScaleRectangleEdit, discriminator="kind"
+    )
     seed: int = 0
+
+
+class StudyConfig(_Config):
+    """The ``compare`` study (``params:study``): which variants, over which seeds."""
+
+    variants: list[str] = Field(
+        default_factory=lambda: ["none", "latent", "spatial", "self", "cbam"], min_length=1
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    @model_validator(mode="after")
+    def _baseline_and_distinct_seeds(self) -> StudyConfig:
+        if "none" not in self.variants:
+            raise ValueError("study.variants must include the baseline 'none'")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"study.seeds must be distinct, got {self.seeds}")
+        return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,8 @@ class LossTerms:
 
     recon: torch.Tensor
     kl: torch.Tensor
+    #: the attention loss per image, or None when it was not computed
+    attention: torch.Tensor | None = field(default=None)
 
     @property
     def neg_elbo(self) -> torch.Tensor:
@@ -40,13 +42,53 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-def vae_loss_terms(output: VAEOutput, x: torch.Tensor) -> LossTerms:
-    """Reconstruction and KL terms of one forward pass."""
-    return LossTerms(
+def attention_alignment(
+    attention_map: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """The attention loss (blog post, step 3): ``KL(p_err || a)`` per image.
+
+    ``p_err`` is the per-pixel reconstruction error (Bernoulli NLL, detached: the loss
+    trains the map, not the decoder), average-pooled to the map's size and normalised to a
+    distribution over positions; ``a`` is the map, a distribution over the same positions.
+
+    Why this KL, in this direction: it is the cross-entropy of the map under the error
+    distribution minus a constant, so it is zero exactly when the map equals ``p_err``, and
+    its gradient with respect to the map's softmax logits is ``a - p_err``, bounded and well
+    scaled, like a classifier's. It is mass-covering: the map is pushed to put weight
+    wherever error is, instead of collapsing on the single worst position.
+
+    Shapes: ``(B, 1, h, w), (B, C, H, W), (B, C, H, W) -> (B,)``.
+    """
+    error = F.binary_cross_entropy_with_logits(logits.detach(), x, reduction="none")
+    error = F.adaptive_avg_pool2d(error.sum(1, keepdim=True), attention_map.shape[-2:])
+    target = error.flatten(1)
+    target = target / target.sum(1, keepdim=True).clamp_min(eps)  # (B, h*w)
+    log_map = attention_map.flatten(1).clamp_min(eps).log()
+    return (target * (target.clamp_min(eps).log() - log_map)).sum(1)
+
+
+def vae_loss_terms(
+    output: VAEOutput, x: torch.Tensor, *, with_attention: bool = False
+) -> LossTerms:
+    """Reconstruction and KL terms of one forward pass, and the attention loss if asked for
+    (and the variant has a spatial map)."""
+    terms = LossTerms(
         recon=bernoulli_nll(output.logits, x), kl=gaussian_kl(output.mu, output.logvar)
     )
+    if with_attention and "spatial" in output.attention:
+        terms.attention = attention_alignment(output.attention["spatial"], output.logits, x)
+    return terms
 
 
-def training_objective(terms: LossTerms, *, beta: float) -> torch.Tensor:
-    """``mean(recon + beta * kl)`` over the batch: the scalar the optimiser minimises."""
-    return (terms.recon + beta * terms.kl).mean()
+def training_objective(
+    terms: LossTerms, *, beta: float, attention_weight: float = 0.0
+) -> torch.Tensor:
+    """``mean(recon + beta * kl + attention_weight * attention)`` over the batch.
+
+    With ``attention_weight == 0`` the attention term is not added at all, so the objective
+    is exactly the VAE's.
+    """
+    per_image = terms.recon + beta * terms.kl
+    if attention_weight > 0 and terms.attention is not None:
+        per_image = per_image + attention_weight * terms.attention
+    return per_image.mean()

@@ -1,44 +1,70 @@
 """Project pipelines.
 
 Each variant named in the ``variants`` parameter gets a namespaced copy of the train,
-evaluate and generate pipelines (``none.train_model``, ``latent.train_model``, ...), so the
-variant list is read from the configuration here, before Kedro builds the pipelines (the
-pattern of Kedro's "dynamic pipelines" documentation).
+evaluate and generate pipelines (``none.train_model``, ``latent.train_model``, ...), and the
+``compare`` study one copy per variant and seed in ``study``. These lists are read from the
+configuration here, before Kedro builds the pipelines (the pattern of Kedro's "dynamic
+pipelines" documentation), so they are set in the parameters files, not with --params.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
-from attn_pipeline.pipelines import data_prep, evaluate, generate, train
+from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig, StudyConfig
+from attn_pipeline.pipelines import compare, data_prep, evaluate, generate, train
 
-DEFAULT_VARIANTS = ("none", "latent")
 
-
-def configured_variants(conf_source: Path | None = None) -> tuple[str, ...]:
-    """The ``variants`` list from ``parameters*.yml`` (base overlaid by local)."""
+def load_parameters(conf_source: Path | None = None) -> dict[str, Any]:
+    """The project's parameters (base overlaid by local), as Kedro will load them."""
     conf_source = conf_source or Path.cwd() / settings.CONF_SOURCE
     if not conf_source.is_dir():
-        return DEFAULT_VARIANTS
+        raise FileNotFoundError(
+            f"no configuration folder {conf_source}: run kedro from the project's root"
+        )
     loader = settings.CONFIG_LOADER_CLASS(
         conf_source=str(conf_source), **settings.CONFIG_LOADER_ARGS
     )
-    variants = loader["parameters"].get("variants", DEFAULT_VARIANTS)
-    if not variants or len(set(variants)) != len(variants):
-        raise ValueError(f"parameter 'variants' must list distinct names, got {variants!r}")
-    return tuple(variants)
+    return loader["parameters"]
+
+
+def _checked_names(names: list[str], what: str, params: dict[str, Any]) -> tuple[str, ...]:
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"parameter '{what}' must list distinct names, got {names!r}")
+    missing = [name for name in names if "model" not in params.get(name, {})]
+    if missing:
+        raise ValueError(
+            f"parameter '{what}' names {missing}, which have no '<name>.model' block in "
+            "conf/base/parameters_train.yml: add one or remove them from the list"
+        )
+    return tuple(names)
+
+
+def steerable_variants(names: tuple[str, ...], params: dict[str, Any]) -> set[str]:
+    """Names whose model has a spatial attention map that generation can edit."""
+    return {
+        name
+        for name in names
+        if ModelConfig.model_validate(params[name]["model"]).variant in SPATIAL_MAP_VARIANTS
+    }
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    variants = configured_variants()
+    params = load_parameters()
+    variants = _checked_names(list(params.get("variants", [])), "variants", params)
+    study = StudyConfig.model_validate(params.get("study", {}))
+    study_variants = _checked_names(list(study.variants), "study.variants", params)
+    steerable = steerable_variants(tuple(set(variants) | set(study_variants)), params)
     pipelines = {
         "data_prep": data_prep.create_pipeline(),
         "train": train.create_pipeline(variants),
         "evaluate": evaluate.create_pipeline(variants),
-        "generate": generate.create_pipeline(variants),
+        "generate": generate.create_pipeline(variants, steerable=steerable),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
+    pipelines["compare"] = compare.create_pipeline(study_variants, study.seeds, steerable=steerable)
     return pipelines

@@ -118,13 +118,7 @@ class VariantRunsHook:
         self._catalog = catalog
 
     def _tags(self, namespace: str) -> dict[str, str]:
-        scope = self._params.get(namespace, {})
-        tags = {
-            "variant": str(scope.get("model", {}).get("variant", namespace)),
-            "namespace": namespace,
-            "dataset": str(self._params.get("dataset", "")),
-            "seed": str(self._params.get("train", {}).get("seed", "")),
-        }
+        tags = {"namespace": namespace, "dataset": str(self._params.get("dataset", ""))}
         commit = _git_commit(self._project_path)
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -178,5 +172,12 @@ class VariantRunsHook:
                 mlflow.log_metrics({k: float(v) for k, v in data.items()})
             elif kind == "params":
                 mlflow.log_params(flatten(data))
+                # The resolved config knows the variant and seed (a study overrides the seed).
+                mlflow.set_tags(
+                    {
+                        "variant": data.get("model", {}).get("variant", node.namespace),
+                        "seed": data.get("train", {}).get("seed", ""),
+                    }
+                )
             else:
                 log_sampler_model(data)

@@ -96,7 +96,8 @@ def fit(
         beta = kl_weight(config, epoch)
         model.train()
         started = time.perf_counter()
-        sums = torch.zeros(3, device=device)
+        sums = torch.zeros(4, device=device)
+        weight = model.attention_loss_weight
         permutation = torch.randperm(n, generator=order).to(device)
         batches = range(0, n, config.batch_size)
         bar = tqdm(
@@ -108,15 +109,20 @@ def fit(
         )
         for start in bar:
             x = train_images[permutation[start : start + config.batch_size]]
-            terms = vae_loss_terms(model(x), x)
-            loss = training_objective(terms, beta=beta)
+            terms = vae_loss_terms(model(x), x, with_attention=weight > 0)
+            loss = training_objective(terms, beta=beta, attention_weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                sums += torch.stack([terms.neg_elbo.sum(), terms.recon.sum(), terms.kl.sum()])
+                attention = (
+                    terms.attention.sum() if terms.attention is not None else x.new_zeros(())
+                )
+                sums += torch.stack(
+                    [terms.neg_elbo.sum(), terms.recon.sum(), terms.kl.sum(), attention]
+                )
         train_seconds = time.perf_counter() - started
-        train_loss, train_recon, train_kl = (sums / n).tolist()
+        train_loss, train_recon, train_kl, train_attention = (sums / n).tolist()
         metrics = {
             "train/loss": train_loss,
             "train/recon": train_recon,
@@ -124,6 +130,8 @@ def fit(
             "train/beta": beta,
             "train/epoch_seconds": train_seconds,
         }
+        if weight > 0:
+            metrics["train/attention_loss"] = train_attention
         if val_images is not None:
             val = evaluate_reconstruction(model, val_images, seed=_VALIDATION_SEED)
             metrics |= {

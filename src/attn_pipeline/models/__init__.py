@@ -1,6 +1,6 @@
 """Neural network modules: backbones, attention blocks and the VAE that combines them."""
 
-from .attention import LatentSoftmaxAttention
+from .attention import CBAM, LatentSoftmaxAttention, SelfAttention2d, SpatialAttentionMap
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .checkpoint import load_checkpoint, make_checkpoint
 from .vae import (
@@ -14,7 +14,10 @@ from .vae import (
 )
 
 __all__ = [
+    "CBAM",
     "VAE",
+    "SelfAttention2d",
+    "SpatialAttentionMap",
     "ConvDecoder",
     "ConvEncoder",
     "DecoderOutput",

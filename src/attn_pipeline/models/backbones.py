@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import AttentionMaps, as_decoder_channel
+
 
 class MLPEncoder(nn.Module):
     """``(B, C, H, W) -> mu (B, z), logvar (B, z)`` through one hidden layer."""
@@ -46,7 +48,11 @@ class PixelBias(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """``(B, in_dim) -> logits (B, C, H, W)`` through one hidden layer."""
+    """``(B, in_dim) -> logits (B, C, H, W)`` through one hidden layer.
+
+    An attention map ``(B, 1, h, w)``, when given, is flattened and appended to the code
+    (so ``in_dim`` must count its ``h * w`` values).
+    """
 
     def __init__(self, *, in_dim: int, hidden_dim: int, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -57,8 +63,12 @@ class MLPDecoder(nn.Module):
         )
         self.output_bias = PixelBias(image_shape)
 
-    def forward(self, code: torch.Tensor) -> torch.Tensor:
-        return self.output_bias(self.net(code).view(-1, *self.image_shape))
+    def forward(
+        self, code: torch.Tensor, attention_map: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, AttentionMaps]:
+        if attention_map is not None:
+            code = torch.cat([code, as_decoder_channel(attention_map).flatten(1)], dim=1)
+        return self.output_bias(self.net(code).view(-1, *self.image_shape)), {}
 
 
 class ConvEncoder(nn.Module):
@@ -83,22 +93,57 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """``(B, in_dim) -> logits (B, C, 28, 28)``: a linear map to 7x7, two stride-2 deconvs."""
+    """``(B, in_dim) -> logits (B, C, 28, 28)``: a linear map to 7x7, two stride-2 deconvs.
 
-    def __init__(self, *, in_dim: int, channels: tuple[int, int], image_channels: int) -> None:
+    Attention hooks in at one resolution, 7 or 14 (``attention_resolution``): a feature
+    block (self-attention, CBAM: ``(B, c, r, r) -> same, maps``) applied to the features
+    there, and/or an attention map ``(B, 1, r, r)`` concatenated to them as an extra channel.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        channels: tuple[int, int],
+        image_channels: int,
+        attention_resolution: int = 14,
+        block: nn.Module | None = None,
+        takes_map: bool = False,
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         self.c2 = c2
+        self.attention_resolution = attention_resolution
+        self.block = block
+        extra = 1 if takes_map else 0
+        at7, at14 = (extra, 0) if attention_resolution == 7 else (0, extra)
         self.project = nn.Sequential(nn.Linear(in_dim, c2 * 7 * 7), nn.ReLU())
-        self.upsample = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
-            nn.ReLU(),
-            nn.ConvTranspose2d(
-                c1, image_channels, kernel_size=4, stride=2, padding=1, bias=False
-            ),  # (B, C, 28, 28)
+        self.up14 = nn.Sequential(
+            nn.ConvTranspose2d(c2 + at7, c1, kernel_size=4, stride=2, padding=1), nn.ReLU()
+        )
+        self.up28 = nn.ConvTranspose2d(
+            c1 + at14, image_channels, kernel_size=4, stride=2, padding=1, bias=False
         )
         self.output_bias = PixelBias((image_channels, 28, 28))
 
-    def forward(self, code: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self, h: torch.Tensor, attention_map: torch.Tensor | None, maps: AttentionMaps
+    ) -> torch.Tensor:
+        if self.block is not None:
+            h, block_maps = self.block(h)
+            maps.update(block_maps)
+        if attention_map is not None:
+            h = torch.cat([h, as_decoder_channel(attention_map)], dim=1)
+        return h
+
+    def forward(
+        self, code: torch.Tensor, attention_map: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, AttentionMaps]:
+        maps: AttentionMaps = {}
         h = self.project(code).view(-1, self.c2, 7, 7)  # (B, c2, 7, 7)
-        return self.output_bias(self.upsample(h))
+        if self.attention_resolution == 7:
+            h = self._attend(h, attention_map, maps)
+        h = self.up14(h)  # (B, c1, 14, 14)
+        if self.attention_resolution == 14:
+            h = self._attend(h, attention_map, maps)
+        return self.output_bias(self.up28(h)), maps  # (B, C, 28, 28)

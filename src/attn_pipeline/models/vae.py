@@ -6,6 +6,7 @@ attention block, if any, sits in front of the decoder (:func:`build_vae`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from attn_pipeline.config import ModelConfig
 
-from .attention import LatentSoftmaxAttention
+from .attention import CBAM, LatentSoftmaxAttention, SelfAttention2d, SpatialAttentionMap
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
@@ -36,30 +37,62 @@ class VAEOutput:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Generator(nn.Module):
-    """``z (B, D) -> DecoderOutput``: optional attention over ``z``, then the decoder."""
+#: An edit of an attention map at generation time: ``(B, 1, h, w) -> (B, 1, h, w)``.
+AttentionEdit = Callable[[torch.Tensor], torch.Tensor]
 
-    def __init__(self, decoder: nn.Module, attention: nn.Module | None = None) -> None:
+
+class Generator(nn.Module):
+    """``z (B, D) -> DecoderOutput``: the decoder with whatever attention the variant has.
+
+    ``latent_attention`` (the blog post's ``softmax(w * z)``) widens the code;
+    ``spatial_map`` turns ``z`` into a map over image positions that the decoder takes as an
+    extra channel (and that ``edit`` may change before it does); feature blocks
+    (self-attention, CBAM) live inside the decoder.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        latent_attention: nn.Module | None = None,
+        spatial_map: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.decoder = decoder
-        self.attention = attention
+        self.latent_attention = latent_attention
+        self.spatial_map = spatial_map
 
-    def forward(self, z: torch.Tensor) -> DecoderOutput:
+    def forward(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
         maps: dict[str, torch.Tensor] = {}
         code = z
-        if self.attention is not None:
-            code, maps["latent"] = self.attention(z)
-        return DecoderOutput(logits=self.decoder(code), attention=maps)
+        if self.latent_attention is not None:
+            code, maps["latent"] = self.latent_attention(z)
+        spatial = None
+        if self.spatial_map is not None:
+            spatial = self.spatial_map(z)
+            if edit is not None:
+                spatial = edit(spatial)
+            maps["spatial"] = spatial
+        logits, decoder_maps = self.decoder(code, spatial)
+        return DecoderOutput(logits=logits, attention=maps | decoder_maps)
 
 
 class VAE(nn.Module):
     """Variational autoencoder (Kingma & Welling, 2014, arXiv:1312.6114)."""
 
-    def __init__(self, encoder: nn.Module, generator: Generator, *, latent_dim: int) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        generator: Generator,
+        *,
+        latent_dim: int,
+        attention_loss_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.generator = generator
         self.latent_dim = latent_dim
+        self.attention_loss_weight = attention_loss_weight
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, C, H, W) -> mu (B, D), logvar (B, D)``."""
@@ -73,9 +106,9 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor) -> DecoderOutput:
-        """``z (B, D) -> DecoderOutput`` (logits and attention maps)."""
-        return self.generator(z)
+    def decode(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
+        """``z (B, D) -> DecoderOutput`` (logits and attention maps), optionally steered."""
+        return self.generator(z, edit)
 
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output at the training data's mean image ``(C, H, W)``."""
@@ -111,26 +144,40 @@ def build_vae(config: ModelConfig) -> VAE:
     image_shape = (config.image_channels, config.image_size, config.image_size)
     if config.backbone == "conv" and config.image_size != 28:
         raise ValueError("the conv backbone is built for 28x28 images; use backbone: mlp")
-    attention = LatentSoftmaxAttention(config.latent_dim) if config.variant == "latent" else None
-    code_dim = 2 * config.latent_dim if attention is not None else config.latent_dim
+    d, r = config.latent_dim, config.attention_resolution
+    latent_attention = LatentSoftmaxAttention(d) if config.variant == "latent" else None
+    spatial_map = SpatialAttentionMap(d, size=r) if config.variant == "spatial" else None
+    code_dim = 2 * d if latent_attention is not None else d
     if config.backbone == "mlp":
         n_pixels = image_shape[0] * image_shape[1] * image_shape[2]
         encoder: nn.Module = MLPEncoder(
-            in_features=n_pixels, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim
+            in_features=n_pixels, hidden_dim=config.hidden_dim, latent_dim=d
         )
+        map_values = r * r if spatial_map is not None else 0
         decoder: nn.Module = MLPDecoder(
-            in_dim=code_dim, hidden_dim=config.hidden_dim, image_shape=image_shape
+            in_dim=code_dim + map_values, hidden_dim=config.hidden_dim, image_shape=image_shape
         )
     else:
         encoder = ConvEncoder(
-            image_channels=config.image_channels,
-            channels=config.conv_channels,
-            latent_dim=config.latent_dim,
+            image_channels=config.image_channels, channels=config.conv_channels, latent_dim=d
         )
+        c1, c2 = config.conv_channels
+        width = c2 if r == 7 else c1
+        block: nn.Module | None = None
+        if config.variant == "self":
+            block = SelfAttention2d(width)
+        elif config.variant == "cbam":
+            block = CBAM(width)
         decoder = ConvDecoder(
-            in_dim=code_dim, channels=config.conv_channels, image_channels=config.image_channels
+            in_dim=code_dim,
+            channels=config.conv_channels,
+            image_channels=config.image_channels,
+            attention_resolution=r,
+            block=block,
+            takes_map=spatial_map is not None,
         )
-    return VAE(encoder, Generator(decoder, attention), latent_dim=config.latent_dim)
+    generator = Generator(decoder, latent_attention=latent_attention, spatial_map=spatial_map)
+    return VAE(encoder, generator, latent_dim=d, attention_loss_weight=config.attention_loss_weight)
 
 
 def count_parameters(module: nn.Module) -> int:

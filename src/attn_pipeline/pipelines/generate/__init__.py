@@ -1,5 +1,5 @@
 """generate pipeline."""
 
-from .pipeline import create_pipeline
+from .pipeline import create_pipeline, variant_template
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_pipeline", "variant_template"]

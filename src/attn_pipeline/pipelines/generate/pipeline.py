@@ -1,30 +1,47 @@
-"""generate: image grids from every variant (namespaced)."""
+"""generate: image grids, attention maps and (where the variant has a spatial map) steering."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import render_images
+from .nodes import plot_attention_maps, render_images, render_steering
 
 
-def variant_template() -> Pipeline:
-    return Pipeline(
-        [
+def variant_template(steerable: bool = False) -> Pipeline:
+    nodes = [
+        Node(
+            render_images,
+            inputs=["checkpoint", "test_set", "params:generate"],
+            outputs=["samples_grid", "reconstructions_grid", "interpolations_grid"],
+            name="render_images",
+        ),
+        Node(
+            plot_attention_maps,
+            inputs=["checkpoint", "test_set", "params:generate"],
+            outputs="attention_maps",
+            name="plot_attention_maps",
+        ),
+    ]
+    if steerable:
+        nodes.append(
             Node(
-                render_images,
-                inputs=["checkpoint", "test_set", "params:generate"],
-                outputs=["samples", "reconstructions", "interpolations"],
-                name="render_images",
+                render_steering,
+                inputs=["checkpoint", "params:generate"],
+                outputs="steering",
+                name="render_steering",
             )
-        ]
-    )
+        )
+    return Pipeline(nodes)
 
 
-def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
+def create_pipeline(
+    variants: Sequence[str] = ("none", "latent"), steerable: Collection[str] = (), **kwargs
+) -> Pipeline:
+    """One namespaced copy per variant; ``steerable`` names those with an editable map."""
     return sum(
         (
             Pipeline(
-                variant_template(),
+                variant_template(steerable=variant in steerable),
                 namespace=variant,
                 inputs={"test_set"},
                 parameters={"params:generate"},

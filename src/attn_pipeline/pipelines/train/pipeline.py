@@ -1,18 +1,18 @@
 """train: one namespaced copy of the training node per model variant."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import train_model
 
 
-def variant_template() -> Pipeline:
+def variant_template(train_func: Callable = train_model) -> Pipeline:
     """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared."""
     return Pipeline(
         [
             Node(
-                train_model,
+                train_func,
                 inputs=["train_set", "val_set", "params:model", "params:train"],
                 outputs=[
                     "checkpoint",

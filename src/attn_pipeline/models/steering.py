@@ -1,0 +1,64 @@
+"""Edits of a spatial attention map at generation time (blog post, step 4).
+
+An edit maps an attention map ``(B, 1, h, w)`` (a distribution over positions) to another;
+the generator decodes with the edited map. Coordinates are image pixels, so an edit means
+the same thing whatever resolution the map has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _renormalise(attention_map: torch.Tensor) -> torch.Tensor:
+    return attention_map / attention_map.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def rectangle_mask(
+    size: int, image_size: int, *, top: int, bottom: int, left: int, right: int
+) -> torch.Tensor:
+    """``(size, size)`` bool mask of the map cells whose centres fall in the pixel rectangle
+    ``[top, bottom) x [left, right)`` of an ``image_size`` square image."""
+    centres = (torch.arange(size) + 0.5) * image_size / size
+    rows = (centres >= top) & (centres < bottom)
+    cols = (centres >= left) & (centres < right)
+    return rows[:, None] & cols[None, :]
+
+
+@dataclass(frozen=True)
+class ScaleRectangle:
+    """Multiply the weights inside a pixel rectangle by ``factor``, then renormalise."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    factor: float
+    image_size: int = 28
+
+    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
+        mask = rectangle_mask(
+            attention_map.shape[-1],
+            self.image_size,
+            top=self.top,
+            bottom=self.bottom,
+            left=self.left,
+            right=self.right,
+        ).to(attention_map.device)
+        scale = torch.where(mask, self.factor, 1.0).to(attention_map.dtype)
+        return _renormalise(attention_map * scale)
+
+
+@dataclass(frozen=True)
+class ReplaceMap:
+    """Replace the map by a given one (any grid, resized to the map's), normalised."""
+
+    values: tuple[tuple[float, ...], ...]
+
+    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
+        given = torch.tensor(self.values, dtype=attention_map.dtype, device=attention_map.device)
+        resized = F.interpolate(given[None, None], size=attention_map.shape[-2:], mode="area")
+        return _renormalise(resized.clamp_min(0).expand_as(attention_map))

@@ -1,0 +1,5 @@
+"""compare pipeline: the side-by-side study."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,56 @@
+"""compare: the study. For every variant and seed in ``study``, a namespaced copy of
+train -> evaluate -> generate on the same data split, then one comparison table."""
+
+from collections.abc import Collection, Sequence
+
+from kedro.pipeline import Node, Pipeline
+
+from attn_pipeline.pipelines import data_prep, evaluate, generate, train
+
+from .nodes import compare_variants, seeded_train_model, summarise_run
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}_seed{seed}"
+
+
+def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
+    template = (
+        train.variant_template(seeded_train_model(seed))
+        + evaluate.variant_template()
+        + generate.variant_template(steerable=steerable)
+        + Pipeline(
+            [
+                Node(
+                    summarise_run,
+                    inputs=["test_metrics", "run_params", "training_history"],
+                    outputs="summary",
+                    name="summarise_run",
+                )
+            ]
+        )
+    )
+    return Pipeline(
+        template,
+        namespace=f"study.{run_name(variant, seed)}",
+        inputs={"train_set", "val_set", "test_set"},
+        parameters={
+            "params:model": f"params:{variant}.model",
+            "params:train": "params:train",
+            "params:evaluate": "params:evaluate",
+            "params:generate": "params:generate",
+        },
+    )
+
+
+def create_pipeline(
+    variants: Sequence[str], seeds: Sequence[int], steerable: Collection[str] = (), **kwargs
+) -> Pipeline:
+    runs = [_one_run(variant, seed, variant in steerable) for variant in variants for seed in seeds]
+    table = Node(
+        compare_variants,
+        inputs={run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
+        outputs=["study_table", "study_table_markdown", "study_chart"],
+        name="compare_variants",
+    )
+    return data_prep.create_pipeline() + sum(runs, start=Pipeline([])) + Pipeline([table])

@@ -1,0 +1,117 @@
+"""The attention loss and steering by attention."""
+
+from __future__ import annotations
+
+import torch
+
+from attn_pipeline.config import ModelConfig, TrainConfig
+from attn_pipeline.losses import attention_alignment, training_objective, vae_loss_terms
+from attn_pipeline.models import build_vae
+from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, rectangle_mask
+from attn_pipeline.pipelines.generate.nodes import steer_samples
+from attn_pipeline.training import fit
+from tests.conftest import digit_like_images
+
+
+def _batch(n: int = 64) -> torch.Tensor:
+    images, _ = digit_like_images(n)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+def test_alignment_is_zero_when_the_map_is_the_error_distribution() -> None:
+    x = _batch(4)
+    # logits 0 would give the same error (log 2) at every pixel: use informative ones
+    logits = 3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    error = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    target = torch.nn.functional.adaptive_avg_pool2d(error, (14, 14))
+    target = target / target.sum(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(
+        attention_alignment(target, logits, x), torch.zeros(4), atol=1e-5, rtol=0
+    )
+    uniform = torch.full((4, 1, 14, 14), 1 / 196)
+    assert bool((attention_alignment(uniform, logits, x) > 0).all())
+
+
+def test_alignment_trains_the_map_not_the_decoder() -> None:
+    x = _batch(4)
+    logits = torch.randn_like(x, requires_grad=True)
+    attention = torch.softmax(torch.randn(4, 196, requires_grad=True), -1).view(4, 1, 14, 14)
+    attention.retain_grad()
+    attention_alignment(attention, logits, x).sum().backward()
+    assert logits.grad is None and attention.grad is not None
+
+
+def test_weight_zero_changes_nothing() -> None:
+    """With the attention term computed but weighted 0, loss and gradients are the VAE's."""
+    x = _batch()
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(variant="spatial", latent_dim=8))
+    results = []
+    for with_attention in (False, True):
+        model.zero_grad()
+        noise = torch.Generator().manual_seed(3)
+        terms = vae_loss_terms(model(x, generator=noise), x, with_attention=with_attention)
+        assert (terms.attention is not None) == with_attention
+        loss = training_objective(terms, beta=1.0, attention_weight=0.0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+
+
+def test_attention_loss_trains_the_map_and_is_logged_when_weighted() -> None:
+    """Same seed, same data: the map trained with the loss matches the error better.
+
+    (The loss itself need not fall during training: its target, the error, moves.)
+    """
+    x = _batch()
+    alignment, histories = {}, {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_vae(
+            ModelConfig(variant="spatial", latent_dim=8, attention_loss_weight=weight)
+        )
+        config = TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3)
+        histories[weight] = fit(model, x, None, config, show_progress=False).history
+        with torch.no_grad():
+            terms = vae_loss_terms(model.eval()(x, sample=False), x, with_attention=True)
+        alignment[weight] = float(terms.attention.mean())
+    assert alignment[1.0] < 0.75 * alignment[0.0]
+    assert all("train/attention_loss" in row for row in histories[1.0])
+    assert not any("train/attention_loss" in row for row in histories[0.0])
+
+
+def test_rectangle_mask_uses_image_coordinates() -> None:
+    mask = rectangle_mask(14, 28, top=0, bottom=14, left=14, right=28)
+    assert mask.sum() == 49 and bool(mask[:7, 7:].all()) and not bool(mask[7:, :].any())
+
+
+def test_edits_keep_a_distribution() -> None:
+    attention = torch.softmax(torch.randn(3, 196), -1).view(3, 1, 14, 14)
+    scaled = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=5.0)(attention)
+    torch.testing.assert_close(scaled.sum(dim=(2, 3)), torch.ones(3, 1))
+    top_half = rectangle_mask(14, 28, top=0, bottom=14, left=0, right=28)
+    assert bool((scaled[:, 0][:, top_half].sum(1) > attention[:, 0][:, top_half].sum(1)).all())
+    replaced = ReplaceMap(values=((0.0, 1.0), (0.0, 0.0)))(attention)
+    torch.testing.assert_close(replaced.sum(dim=(2, 3)), torch.ones(3, 1))
+    assert float(replaced[:, :, 7:, :].sum()) == 0.0 and float(replaced[:, :, :7, :7].sum()) == 0
+
+
+def test_steering_changes_pixels_inside_the_region_more_than_outside() -> None:
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(variant="spatial", latent_dim=8)).eval()
+    x = _batch()
+    fit(model, x, None, TrainConfig(epochs=3, batch_size=32), show_progress=False)
+    model.eval()
+    edit = ScaleRectangle(top=14, bottom=28, left=0, right=14, factor=20.0)
+    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    before, after, map_before, map_after = steer_samples(model, z, edit)
+    change = (after - before).abs()[:, 0]  # (B, 28, 28)
+    inside = torch.zeros(28, 28, dtype=torch.bool)
+    inside[14:, :14] = True
+    assert float(change[:, inside].mean()) > 2 * float(change[:, ~inside].mean())
+    assert not torch.equal(map_before, map_after)
