@@ -1,9 +1,11 @@
 """Epoch time and parameter count of every model variant, in one run.
 
-Each variant trains for one full epoch on the MNIST training split (55,000 images, batch
-128, the default conv backbone), the variants taking turns, ``--repeats`` times each; the
-fastest epoch of each is reported with its ratio to the baseline ``none``. For reference it
-also times self-attention at 14x14 written naively (``softmax(q @ k^T) @ v`` in Python).
+Each variant, as configured in ``conf/base/parameters_train.yml`` (``<name>.model``),
+trains for one full epoch on the MNIST training split (55,000 images, batch 128), the
+variants taking turns, ``--repeats`` times each; the fastest epoch of each is reported with
+its ratio to the baseline ``none``. For reference it also times self-attention at 14x14,
+through the fused ``scaled_dot_product_attention`` and written naively
+(``softmax(q @ k^T) @ v``).
 
     .venv/bin/python -m benchmarks.attention_cost [--repeats 2]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,6 +22,7 @@ from torch import nn
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import SelfAttention2d, build_vae, count_parameters
 from attn_pipeline.models.attention import AttentionMaps, naive_self_attention
+from attn_pipeline.pipeline_registry import load_parameters
 from attn_pipeline.training import fit
 from benchmarks._data import load_splits
 
@@ -53,8 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     train, _, _ = load_splits()
-    configs = {name: ModelConfig(variant=name) for name in args.variants}
+    params = load_parameters(Path("conf"))
+    configs = {name: ModelConfig.model_validate(params[name]["model"]) for name in args.variants}
     if not args.no_naive:
+        configs["self @14x14"] = ModelConfig(variant="self", attention_resolution=14)
         configs["naive self @14x14"] = ModelConfig(variant="self", attention_resolution=14)
     times: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(args.repeats):

@@ -8,16 +8,23 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from attn_pipeline.pipelines.compare.nodes import compare_variants, summarise_run
+from attn_pipeline.pipelines.compare.nodes import METRICS, compare_variants, summarise_run
 
 
-def _row(variant: str, seed: int, neg_elbo: float, mse: float = 0.01) -> dict:
+def _row(
+    variant: str, seed: int, neg_elbo: float, mse: float = 0.01, extractor: str = "abc"
+) -> dict:
     return {
         "variant": variant,
         "seed": seed,
         "n_parameters": 100,
         "epoch_seconds": 2.0,
+        "feature_extractor_hash": extractor,
+        "fid_n_samples": 1000,
+        "nll_iw_k": 100,
+        **{metric: 0.5 for metric in METRICS},
         "neg_elbo": neg_elbo,
+        "nll_iw": neg_elbo - 3,
         "recon_bce": neg_elbo - 20,
         "kl": 20.0,
         "mse": mse,
@@ -42,7 +49,25 @@ def test_paired_differences_and_t_interval() -> None:
     half = stats.t.ppf(0.975, 2) * pd.Series(differences).std() / math.sqrt(3)
     assert spatial["neg_elbo_diff_ci95"] == pytest.approx(half)
     assert "| spatial | 3 |" in markdown and "-1.00 [±0.50] better" in markdown
-    assert figure.axes
+    assert "feature extractor `abc`, N = 1,000 samples; NLL (IW): K = 100" in markdown
+    assert len(figure.axes) == 2
+
+
+def test_higher_is_better_metrics_get_the_right_verdict() -> None:
+    rows = {f"none{s}": _row("none", s, 100.0) for s in range(3)}
+    for s, recall in enumerate((0.60, 0.61, 0.62)):
+        rows[f"cbam{s}"] = {**_row("cbam", s, 100.0), "recall": recall}
+    _, markdown, _ = compare_variants(**rows)
+    assert "+0.110 [±0.025] better" in markdown
+
+
+def test_figures_from_different_extractors_are_refused() -> None:
+    rows = {
+        "a": _row("none", 0, 100.0, extractor="abc"),
+        "b": _row("spatial", 0, 99.0, extractor="def"),
+    }
+    with pytest.raises(ValueError, match=r"different feature extractors \(\['abc', 'def'\]\)"):
+        compare_variants(**rows)
 
 
 def test_overlapping_interval_is_called_no_clear_difference() -> None:
@@ -62,8 +87,10 @@ def test_study_without_the_baseline_is_refused() -> None:
 
 
 def test_summarise_run_reads_the_run_outputs() -> None:
+    metrics = {f"test/{metric}": float(i) for i, metric in enumerate(METRICS)}
     row = summarise_run(
-        {"test/neg_elbo": 101.0, "test/recon_bce": 76.0, "test/kl": 25.0, "test/mse": 0.012},
+        metrics,
+        {"feature_extractor_hash": "abc", "fid_n_samples": 1000, "nll_iw_k": 10},
         {"model": {"variant": "cbam"}, "train": {"seed": 2}, "n_parameters": 123},
         pd.DataFrame({"train/epoch_seconds": [10.0, 12.0, 11.0]}),
     )
@@ -72,8 +99,8 @@ def test_summarise_run_reads_the_run_outputs() -> None:
         "seed": 2,
         "n_parameters": 123,
         "epoch_seconds": 11.0,
-        "neg_elbo": 101.0,
-        "recon_bce": 76.0,
-        "kl": 25.0,
-        "mse": 0.012,
+        "feature_extractor_hash": "abc",
+        "fid_n_samples": 1000,
+        "nll_iw_k": 10,
+        **{metric: float(i) for i, metric in enumerate(METRICS)},
     }

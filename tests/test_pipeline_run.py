@@ -21,6 +21,19 @@ TINY_RUN = {
     "data_prep": {"val_size": 40, "test_subset_size": 40},
     "train": {"epochs": 2, "batch_size": 50},
     "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
+    "evaluate": {"n_samples": 40, "nll_samples": 5, "kid_subsets": 5, "kid_subset_size": 20},
+    "feature_extractor": {"epochs": 2, "batch_size": 50, "min_test_accuracy": 0.5},
+}
+GENERATION_METRICS = {
+    "test/nll_iw",
+    "test/fid_proxy",
+    "test/fid_proxy_recon",
+    "test/kid_proxy",
+    "test/kid_proxy_std",
+    "test/precision",
+    "test/recall",
+    "test/sample_confidence",
+    "test/class_coverage",
 }
 
 
@@ -78,6 +91,10 @@ def _variant_runs(tracking_uri: str) -> dict[str, mlflow.entities.Run]:
 def test_each_variant_is_a_child_run_with_the_same_metric_names(
     default_run: Path, tracking_uri: str
 ) -> None:
+    extractor = json.loads(
+        (default_run / "data/06_models/feature_extractor/mnist.json").read_text()
+    )
+    assert 0.5 <= extractor["test_accuracy"] <= 1 and len(extractor["hash"]) == 16
     runs = _variant_runs(tracking_uri)
     assert set(runs) == {"none", "latent"}
     parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
@@ -87,6 +104,12 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert {"test/neg_elbo", "test/recon_bce", "test/mse", "test/kl"} <= set(run.data.metrics)
+        assert GENERATION_METRICS <= set(run.data.metrics)
+        assert run.data.metrics["test/nll_iw"] <= run.data.metrics["test/neg_elbo"] + 1.0
+        # every FID-proxy figure says which extractor and how many samples made it
+        assert run.data.tags["fid_n_samples"] == "40" and run.data.tags["nll_iw_k"] == "5"
+        assert run.data.tags["feature_extractor_hash"] == extractor["hash"]
+        assert "grey levels" in run.data.tags["nll_iw_likelihood"]
         assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= set(run.data.metrics)
         assert run.data.tags["variant"] == run.info.run_name
         assert run.data.tags["dataset"] == "mnist"
@@ -204,6 +227,9 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         ("spatial", "0"),
         ("spatial", "1"),
     }
+    # the study reuses the extractor the default run stored: one hash for every figure
+    stored = json.loads((default_run / "data/06_models/feature_extractor/mnist.json").read_text())
+    assert {r.data.tags["feature_extractor_hash"] for r in children} == {stored["hash"]}
     shared = set.intersection(*(set(r.data.metrics) for r in children))
     assert {"test/neg_elbo", "test/mse", "val/loss"} <= shared
     parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}

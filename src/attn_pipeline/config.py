@@ -39,6 +39,11 @@ class DataPrepConfig(_Config):
         None, description="use only this many training-file images (before the split)"
     )
     test_subset_size: PositiveInt | None = Field(None, description="use only this many test images")
+    binarize: bool = Field(
+        False,
+        description="dynamically binarised pixels: training draws each pixel from "
+        "Bernoulli(grey level) every time it sees it; evaluation uses one fixed draw",
+    )
 
     @model_validator(mode="after")
     def _split_leaves_training_data(self) -> DataPrepConfig:
@@ -111,6 +116,27 @@ class EvaluateConfig(_Config):
     batch_size: PositiveInt = 500
     seed: int = Field(0, description="seed of the latent samples drawn for the ELBO")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    n_samples: int = Field(
+        10000, ge=4, description="N: model samples (and test images) the FID-proxy compares"
+    )
+    nll_samples: PositiveInt = Field(100, description="K: importance samples per image")
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: int = Field(1000, ge=2)
+    precision_recall_k: PositiveInt = 3
+
+
+class FeatureExtractorConfig(_Config):
+    """The FID-proxy's classifier (``params:feature_extractor``), trained once per data set."""
+
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 128
+    learning_rate: float = Field(1e-3, gt=0)
+    feature_dim: int = Field(128, ge=16, le=512, description="width of the compared features")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    min_test_accuracy: float = Field(
+        0.0, ge=0, le=1, description="warn when the trained extractor scores below this"
+    )
 
 
 class ScaleRectangleEdit(_Config):

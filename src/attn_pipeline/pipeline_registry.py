@@ -16,7 +16,14 @@ from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
 from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig, StudyConfig
-from attn_pipeline.pipelines import compare, data_prep, evaluate, generate, train
+from attn_pipeline.pipelines import (
+    compare,
+    data_prep,
+    evaluate,
+    feature_extractor,
+    generate,
+    train,
+)
 
 
 def load_parameters(conf_source: Path | None = None) -> dict[str, Any]:
@@ -61,6 +68,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     steerable = steerable_variants(tuple(set(variants) | set(study_variants)), params)
     pipelines = {
         "data_prep": data_prep.create_pipeline(),
+        "feature_extractor": feature_extractor.create_pipeline(),
         "train": train.create_pipeline(variants),
         "evaluate": evaluate.create_pipeline(variants),
         "generate": generate.create_pipeline(variants, steerable=steerable),

@@ -7,7 +7,8 @@ variant's run receives is declared in the catalog, through a dataset's metadata:
 
     metadata:
       variant_run: artifact   # log the saved file as an artifact
-      # or: metrics (a dict of floats), params (a nested dict, flattened), model (an nn.Module)
+      # or: metrics (a dict of floats), params (a nested dict, flattened), tags (a dict),
+      # model (an nn.Module)
 
 Only per-epoch curves are logged from inside a node, through :func:`log_epoch_metrics`,
 because they must reach MLflow while training runs.
@@ -32,7 +33,7 @@ from mlflow.models import infer_signature
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "variant_run"
-_KINDS = ("artifact", "metrics", "params", "model")
+_KINDS = ("artifact", "metrics", "params", "tags", "model")
 
 
 def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
@@ -179,5 +180,7 @@ class VariantRunsHook:
                         "seed": data.get("train", {}).get("seed", ""),
                     }
                 )
+            elif kind == "tags":
+                mlflow.set_tags({k: str(v) for k, v in data.items()})
             else:
                 log_sampler_model(data)

@@ -64,8 +64,12 @@ def fit(
     *,
     on_epoch_end: EpochCallback | None = None,
     show_progress: bool | None = None,
+    binarize: bool = False,
 ) -> TrainingResult:
     """Train ``model`` with Adam on ``train_images (N, C, H, W)`` in [0, 1].
+
+    With ``binarize``, every batch is a fresh Bernoulli draw of its grey levels (dynamic
+    binarisation); ``val_images`` are then expected to be binary already (one fixed draw).
 
     Batches are drawn by indexing the in-memory tensor with a seeded permutation (a
     DataLoader's per-item collation costs more than the model on MNIST-sized data).
@@ -74,8 +78,10 @@ def fit(
     config.check_fits(len(train_images))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model.to(device)
-    train_images = train_images.to(device)
+    # channels_last lets oneDNN pick faster convolution kernels: about 20% less time per
+    # epoch for the conv backbone on a 2-core CPU; a no-op for the MLP's 2-d weights.
+    model.to(device, memory_format=torch.channels_last)
+    train_images = train_images.to(device).contiguous(memory_format=torch.channels_last)
     if val_images is not None and len(val_images) == 0:
         val_images = None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -109,6 +115,8 @@ def fit(
         )
         for start in bar:
             x = train_images[permutation[start : start + config.batch_size]]
+            if binarize:
+                x = torch.bernoulli(x)
             terms = vae_loss_terms(model(x), x, with_attention=weight > 0)
             loss = training_objective(terms, beta=beta, attention_weight=weight)
             optimizer.zero_grad(set_to_none=True)
@@ -153,5 +161,5 @@ def fit(
         )
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-    model.to("cpu")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return result

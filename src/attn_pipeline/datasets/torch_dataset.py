@@ -23,12 +23,18 @@ class TorchDataset(AbstractDataset[Any, Any]):
           filepath: data/06_models/{variant}/model.pt
     """
 
-    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, *, filepath: str, missing_ok: bool = False, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """``missing_ok``: a missing file loads as ``None`` (for "use it if it exists")."""
         self._filepath = PurePosixPath(filepath)
+        self._missing_ok = missing_ok
         self.metadata = metadata
 
     def load(self) -> Any:
         path = Path(self._filepath)
+        if not path.is_file() and self._missing_ok:
+            return None
         if not path.is_file():
             raise DatasetError(
                 f"{path} does not exist: run the pipeline that writes it first "
@@ -47,4 +53,4 @@ class TorchDataset(AbstractDataset[Any, Any]):
         return Path(self._filepath).is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath}
+        return {"filepath": self._filepath, "missing_ok": self._missing_ok}

@@ -16,8 +16,21 @@ from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.pipelines.train.nodes import train_model
 
 BASELINE = "none"
-#: Test metrics the table compares; lower is better for each.
-METRICS = ("neg_elbo", "recon_bce", "kl", "mse")
+#: Test metrics the table compares: lower is better for each, but the last three.
+METRICS = (
+    "neg_elbo",
+    "nll_iw",
+    "recon_bce",
+    "kl",
+    "mse",
+    "fid_proxy",
+    "fid_proxy_recon",
+    "kid_proxy",
+    "precision",
+    "recall",
+    "class_coverage",
+)
+HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_coverage"})
 
 
 def seeded_train_model(seed: int) -> Callable[..., Any]:
@@ -37,16 +50,39 @@ def seeded_train_model(seed: int) -> Callable[..., Any]:
 
 
 def summarise_run(
-    test_metrics: dict[str, float], run_params: dict[str, Any], training_history: pd.DataFrame
+    test_metrics: dict[str, float],
+    evaluation_info: dict[str, Any],
+    run_params: dict[str, Any],
+    training_history: pd.DataFrame,
 ) -> dict[str, Any]:
-    """One row of the study: the run's variant, seed, size, speed and test metrics."""
+    """One row of the study: the run's variant, seed, size, speed, test metrics, and the
+    feature extractor and sample counts its FID-proxy figures were measured with."""
     return {
         "variant": run_params["model"]["variant"],
         "seed": run_params["train"]["seed"],
         "n_parameters": run_params["n_parameters"],
         "epoch_seconds": float(training_history["train/epoch_seconds"].median()),
+        "feature_extractor_hash": evaluation_info["feature_extractor_hash"],
+        "fid_n_samples": evaluation_info["fid_n_samples"],
+        "nll_iw_k": evaluation_info["nll_iw_k"],
         **{name: float(test_metrics[f"test/{name}"]) for name in METRICS},
     }
+
+
+def _check_comparable(runs: pd.DataFrame) -> None:
+    """Refuse figures measured differently: another extractor, N or K is another scale."""
+    for column, what in (
+        ("feature_extractor_hash", "feature extractors"),
+        ("fid_n_samples", "FID-proxy sample counts N"),
+        ("nll_iw_k", "importance sample counts K"),
+    ):
+        values = sorted(set(runs[column]))
+        if len(values) > 1:
+            raise ValueError(
+                f"the study's runs were measured with different {what} ({values}): their "
+                "figures cannot share a table. Run the study again in one `kedro run` so "
+                "that every variant is evaluated the same way."
+            )
 
 
 def _confidence_interval(differences: np.ndarray, level: float = 0.95) -> float:
@@ -67,6 +103,7 @@ def compare_variants(**rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]
     one of the mean paired difference.
     """
     runs = pd.DataFrame(list(rows.values()))
+    _check_comparable(runs)
     variants = list(dict.fromkeys(runs["variant"]))
     if BASELINE not in variants:
         raise ValueError(f"the study needs the baseline '{BASELINE}' among its variants")
@@ -79,6 +116,9 @@ def compare_variants(**rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]
             "seeds": len(own),
             "n_parameters": int(own["n_parameters"].iloc[0]),
             "epoch_seconds": float(own["epoch_seconds"].median()),
+            "feature_extractor_hash": own["feature_extractor_hash"].iloc[0],
+            "fid_n_samples": int(own["fid_n_samples"].iloc[0]),
+            "nll_iw_k": int(own["nll_iw_k"].iloc[0]),
         }
         for metric in METRICS:
             record[f"{metric}_mean"] = float(own[metric].mean())
@@ -91,61 +131,100 @@ def compare_variants(**rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]
     return table, to_markdown(table), bar_chart(table)
 
 
-def _verdict(diff: float, half_width: float) -> str:
+def _verdict(metric: str, diff: float, half_width: float) -> str:
     if math.isnan(half_width) or abs(diff) <= half_width:
         return "no clear difference"
-    return "better" if diff < 0 else "worse"
+    better = diff > 0 if metric in HIGHER_IS_BETTER else diff < 0
+    return "better" if better else "worse"
+
+
+#: The Markdown tables: (title, [(metric, column label, scale, decimals)]).
+TABLES = (
+    (
+        "Likelihood and reconstruction (nats per image; MSE per pixel)",
+        [
+            ("neg_elbo", "test -ELBO", 1, 2),
+            ("nll_iw", "NLL (IW)", 1, 2),
+            ("recon_bce", "recon BCE", 1, 2),
+            ("kl", "KL", 1, 2),
+            ("mse", "MSE x1e3", 1e3, 3),
+        ],
+    ),
+    (
+        "Samples, on the feature extractor's features",
+        [
+            ("fid_proxy", "FID-proxy", 1, 2),
+            ("fid_proxy_recon", "FID-proxy recon", 1, 2),
+            ("kid_proxy", "KID-proxy x1e3", 1e3, 2),
+            ("precision", "precision", 1, 3),
+            ("recall", "recall", 1, 3),
+            ("class_coverage", "class coverage", 1, 3),
+        ],
+    ),
+)
+
+
+def _cell(r: Any, metric: str, scale: float, decimals: int) -> str:
+    mean, std = scale * getattr(r, f"{metric}_mean"), scale * getattr(r, f"{metric}_std")
+    text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    if r.variant == BASELINE:
+        return text
+    diff = scale * getattr(r, f"{metric}_diff")
+    half = scale * getattr(r, f"{metric}_diff_ci95")
+    return f"{text}; {diff:+.{decimals}f} [±{half:.{decimals}f}] {_verdict(metric, diff, half)}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """The table for people: test loss and MSE with their differences from the baseline."""
+    """The tables for people: each metric's mean ± std over seeds and, for every variant
+    but the baseline, its paired difference from ``none`` with the 95% half-width."""
+    first = table.iloc[0]
     lines = [
-        "| variant | seeds | parameters | s/epoch | test -ELBO (nats) | vs none [95% CI] "
-        "| recon BCE | KL | MSE x1e3 | MSE vs none [95% CI] x1e3 |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        f"FID-proxy figures: feature extractor `{first['feature_extractor_hash']}`, "
+        f"N = {first['fid_n_samples']:,} samples; NLL (IW): K = {first['nll_iw_k']}.",
+        "",
     ]
-    for r in table.itertuples():
-        if r.variant == BASELINE:
-            elbo_diff = mse_diff = "baseline"
-        else:
-            elbo_diff = (
-                f"{r.neg_elbo_diff:+.2f} [±{r.neg_elbo_diff_ci95:.2f}] "
-                f"{_verdict(r.neg_elbo_diff, r.neg_elbo_diff_ci95)}"
+    for title, columns in TABLES:
+        lines += [
+            f"**{title}**",
+            "",
+            "| variant | seeds | parameters | s/epoch | "
+            + " | ".join(label for _, label, _, _ in columns)
+            + " |",
+            "|---|---:|---:|---:|" + "---|" * len(columns),
+        ]
+        for r in table.itertuples():
+            cells = [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in columns]
+            lines.append(
+                f"| {r.variant} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} | "
+                + " | ".join(cells)
+                + " |"
             )
-            mse_diff = (
-                f"{1e3 * r.mse_diff:+.3f} [±{1e3 * r.mse_diff_ci95:.3f}] "
-                f"{_verdict(r.mse_diff, r.mse_diff_ci95)}"
-            )
-        lines.append(
-            f"| {r.variant} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} "
-            f"| {r.neg_elbo_mean:.2f} ± {r.neg_elbo_std:.2f} | {elbo_diff} "
-            f"| {r.recon_bce_mean:.2f} | {r.kl_mean:.2f} | {1e3 * r.mse_mean:.3f} | {mse_diff} |"
-        )
-    lines.append("")
+        lines.append("")
     lines.append(
-        "Mean ± standard deviation over seeds; differences are paired by seed, with "
-        "the half-width of a 95% t interval. Lower is better everywhere."
+        "Each cell: mean ± standard deviation over seeds; then the difference from `none`, "
+        "paired by seed, with the half-width of a 95% t interval, and the verdict it allows. "
+        "Lower is better but for precision, recall and class coverage."
     )
     return "\n".join(lines) + "\n"
 
 
 def bar_chart(table: pd.DataFrame) -> Figure:
-    """Test negative ELBO per variant (mean, with the standard deviation over seeds)."""
-    figure = Figure(figsize=(6, 3.4), layout="constrained")
-    ax = figure.subplots()
+    """Test negative ELBO and FID-proxy per variant (mean, with the std over seeds)."""
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
     x = np.arange(len(table))
-    ax.bar(
-        x,
-        table["neg_elbo_mean"],
-        yerr=table["neg_elbo_std"].fillna(0),
-        capsize=4,
-        color=["#888888" if v == BASELINE else "#3b6ea8" for v in table["variant"]],
-    )
-    ax.set_xticks(x, table["variant"])
-    low = float((table["neg_elbo_mean"] - table["neg_elbo_std"].fillna(0)).min())
-    high = float((table["neg_elbo_mean"] + table["neg_elbo_std"].fillna(0)).max())
-    margin = max(0.5, 0.5 * (high - low))
-    ax.set_ylim(low - margin, high + margin)
-    ax.set_ylabel("test negative ELBO (nats / image)")
-    ax.set_title("Variants at equal budget (lower is better)")
+    colours = ["#888888" if v == BASELINE else "#3b6ea8" for v in table["variant"]]
+    for ax, metric, label in zip(
+        figure.subplots(1, 2),
+        ("neg_elbo", "fid_proxy"),
+        ("test negative ELBO (nats / image)", "FID-proxy of samples"),
+        strict=True,
+    ):
+        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0)
+        ax.bar(x, mean, yerr=std, capsize=4, color=colours)
+        ax.set_xticks(x, table["variant"])
+        low, high = float((mean - std).min()), float((mean + std).max())
+        margin = max(0.05 * high, 0.5 * (high - low))
+        ax.set_ylim(max(0.0, low - margin), high + margin)
+        ax.set_ylabel(label)
+    figure.suptitle("Variants at equal budget (lower is better)")
     return figure

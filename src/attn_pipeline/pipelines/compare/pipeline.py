@@ -5,7 +5,7 @@ from collections.abc import Collection, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from attn_pipeline.pipelines import data_prep, evaluate, generate, train
+from attn_pipeline.pipelines import data_prep, evaluate, feature_extractor, generate, train
 
 from .nodes import compare_variants, seeded_train_model, summarise_run
 
@@ -23,7 +23,7 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
             [
                 Node(
                     summarise_run,
-                    inputs=["test_metrics", "run_params", "training_history"],
+                    inputs=["test_metrics", "evaluation_info", "run_params", "training_history"],
                     outputs="summary",
                     name="summarise_run",
                 )
@@ -33,7 +33,7 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     return Pipeline(
         template,
         namespace=f"study.{run_name(variant, seed)}",
-        inputs={"train_set", "val_set", "test_set"},
+        inputs={"train_set", "val_set", "test_set", "feature_extractor"},
         parameters={
             "params:model": f"params:{variant}.model",
             "params:train": "params:train",
@@ -53,4 +53,9 @@ def create_pipeline(
         outputs=["study_table", "study_table_markdown", "study_chart"],
         name="compare_variants",
     )
-    return data_prep.create_pipeline() + sum(runs, start=Pipeline([])) + Pipeline([table])
+    return (
+        data_prep.create_pipeline()
+        + feature_extractor.create_pipeline()
+        + sum(runs, start=Pipeline([]))
+        + Pipeline([table])
+    )

@@ -7,11 +7,13 @@ import logging
 import numpy as np
 import torch
 
+from attn_pipeline.binarization import FLAG as BINARIZED
 from attn_pipeline.config import DataPrepConfig
 
 logger = logging.getLogger(__name__)
 
-#: A split as saved to ``data/05_model_input``: float images (N, 1, H, W) and int64 labels (N,).
+#: A split as saved to ``data/05_model_input``: float images (N, 1, H, W), int64 labels (N,)
+#: and the flag ``binarized`` (a bool tensor, see :mod:`attn_pipeline.binarization`).
 TensorSplit = dict[str, torch.Tensor]
 
 
@@ -44,6 +46,10 @@ def _take(split: TensorSplit, index: torch.Tensor) -> TensorSplit:
     return {key: value[index].clone() for key, value in split.items()}
 
 
+def _flagged(split: TensorSplit, config: DataPrepConfig) -> TensorSplit:
+    return {**split, BINARIZED: torch.tensor(config.binarize)}
+
+
 def split_training_file(
     images: np.ndarray, labels: np.ndarray, config: DataPrepConfig
 ) -> tuple[TensorSplit, TensorSplit]:
@@ -65,7 +71,7 @@ def split_training_file(
     logger.info(
         "split %d images: %d train, %d validation", n_used, len(train_index), len(val_index)
     )
-    return _take(full, train_index), _take(full, val_index)
+    return _flagged(_take(full, train_index), config), _flagged(_take(full, val_index), config)
 
 
 def prepare_test_set(images: np.ndarray, labels: np.ndarray, config: DataPrepConfig) -> TensorSplit:
@@ -73,6 +79,6 @@ def prepare_test_set(images: np.ndarray, labels: np.ndarray, config: DataPrepCon
     full = _to_split(images, labels, "test")
     n = len(full["labels"])
     if config.test_subset_size is None or config.test_subset_size >= n:
-        return full
+        return _flagged(full, config)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-    return _take(full, index[: config.test_subset_size])
+    return _flagged(_take(full, index[: config.test_subset_size]), config)

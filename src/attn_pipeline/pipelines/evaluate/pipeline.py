@@ -1,8 +1,14 @@
-"""evaluate: test metrics per variant (namespaced), then one table over all variants."""
+"""evaluate: test metrics per variant (namespaced), then one table over all variants.
+
+It starts with the feature_extractor pipeline's node, which trains the FID-proxy's
+classifier only when none is stored for the data set.
+"""
 
 from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
+
+from attn_pipeline.pipelines import feature_extractor
 
 from .nodes import evaluate_model, tabulate_test_metrics
 
@@ -12,8 +18,8 @@ def variant_template() -> Pipeline:
         [
             Node(
                 evaluate_model,
-                inputs=["checkpoint", "test_set", "params:evaluate"],
-                outputs="test_metrics",
+                inputs=["checkpoint", "test_set", "feature_extractor", "params:evaluate"],
+                outputs=["test_metrics", "evaluation_info"],
                 name="evaluate_model",
             )
         ]
@@ -25,7 +31,7 @@ def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> P
         Pipeline(
             variant_template(),
             namespace=variant,
-            inputs={"test_set"},
+            inputs={"test_set", "feature_extractor"},
             parameters={"params:evaluate"},
         )
         for variant in variants
@@ -36,4 +42,8 @@ def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> P
         outputs="test_metrics_table",
         name="tabulate_test_metrics",
     )
-    return sum(per_variant, start=Pipeline([])) + Pipeline([table])
+    return (
+        feature_extractor.create_pipeline()
+        + sum(per_variant, start=Pipeline([]))
+        + Pipeline([table])
+    )

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from attn_pipeline.binarization import evaluation_images, is_binarized
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.tracking import log_epoch_metrics
@@ -33,9 +34,10 @@ def train_model(
     result = fit(
         model,
         train_set["images"],
-        val_set["images"],
+        evaluation_images(val_set),
         train_config,
         on_epoch_end=log_epoch_metrics,
+        binarize=is_binarized(train_set),
     )
     n_parameters = count_parameters(model)
     meta = {"n_parameters": n_parameters, "train_config": train_config.model_dump(mode="json")}
@@ -52,6 +54,7 @@ def train_model(
         "n_parameters": n_parameters,
         "n_train_images": len(train_set["images"]),
         "n_val_images": len(val_set["images"]),
+        "binarized": is_binarized(train_set),
     }
     sampler = ImageSampler(model.generator, latent_dim=model_config.latent_dim).eval()
     return final, epochs, pd.DataFrame(result.history), sampler, run_params

@@ -1,0 +1,106 @@
+"""The importance-weighted NLL, the feature extractor node, and binarised data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attn_pipeline.binarization import evaluation_images, is_binarized
+from attn_pipeline.config import DataPrepConfig, FeatureExtractorConfig, ModelConfig, TrainConfig
+from attn_pipeline.metrics import evaluate_reconstruction, importance_weighted_nll
+from attn_pipeline.models import build_vae
+from attn_pipeline.models.classifier import state_dict_hash
+from attn_pipeline.pipelines.data_prep.nodes import split_training_file
+from attn_pipeline.pipelines.feature_extractor import nodes as extractor_nodes
+from attn_pipeline.training import fit
+from tests.conftest import digit_like_images
+
+
+def _split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    images, labels = digit_like_images(n, seed=seed)
+    return {
+        "images": torch.from_numpy(images).float().div(255).unsqueeze(1),
+        "labels": torch.from_numpy(labels).long(),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(variant="none", latent_dim=4))
+    x = _split(128)["images"]
+    fit(
+        model,
+        x,
+        None,
+        TrainConfig(epochs=8, batch_size=32, learning_rate=3e-3),
+        show_progress=False,
+    )
+    return model.eval(), x[:32]
+
+
+def test_one_importance_sample_is_the_negative_elbo(trained_model) -> None:
+    model, x = trained_model
+    repeated = x.repeat(40, 1, 1, 1)  # many draws per image, to average the noise away
+    k1 = importance_weighted_nll(model, repeated, samples=1, seed=1)
+    elbo = evaluate_reconstruction(model, repeated, seed=2).neg_elbo
+    standard_error = float(k1.std()) / len(k1) ** 0.5
+    assert abs(float(k1.mean()) - elbo) < 4 * standard_error
+
+
+def test_more_importance_samples_tighten_the_bound(trained_model) -> None:
+    model, x = trained_model
+    elbo = evaluate_reconstruction(model, x, seed=0).neg_elbo
+    estimates = [
+        float(importance_weighted_nll(model, x, samples=k, seed=3).mean()) for k in (1, 10, 100)
+    ]
+    assert estimates[0] > estimates[1] > estimates[2]
+    assert estimates[2] <= elbo
+
+
+def test_importance_batches_do_not_change_the_estimate_shape(trained_model) -> None:
+    model, x = trained_model
+    nll = importance_weighted_nll(model, x, samples=7, decodes_per_batch=50)
+    assert nll.shape == (len(x),) and bool(torch.isfinite(nll).all())
+    with pytest.raises(ValueError, match="must be positive"):
+        importance_weighted_nll(model, x, samples=0)
+
+
+def test_extractor_is_trained_once_and_then_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = _split(400), _split(100, seed=1)
+    config = FeatureExtractorConfig(epochs=3, batch_size=50, learning_rate=3e-3)
+    checkpoint, info = extractor_nodes.ensure_feature_extractor(None, train, test, config, "mnist")
+    assert info["test_accuracy"] > 0.9  # ten well-separated bar positions
+    assert info["hash"] == state_dict_hash(checkpoint["state_dict"])
+    assert "state_dict" not in info and info["dataset"] == "mnist"
+    features = extractor_nodes.load_feature_extractor(checkpoint).features(test["images"][:5])
+    assert features.shape == (5, 128)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored extractor must not be trained again")
+
+    monkeypatch.setattr(extractor_nodes, "fit_classifier", no_training)
+    again, again_info = extractor_nodes.ensure_feature_extractor(
+        checkpoint, train, test, config, "mnist"
+    )
+    assert again is checkpoint and again_info == info
+    with pytest.raises(ValueError, match="trained on 'mnist', not 'fashion_mnist'"):
+        extractor_nodes.ensure_feature_extractor(checkpoint, train, test, config, "fashion_mnist")
+
+
+def test_hash_follows_the_weights() -> None:
+    state = {"w": torch.arange(6.0).view(2, 3), "b": torch.zeros(3)}
+    same = {k: v.clone() for k, v in state.items()}
+    changed = {**same, "b": torch.tensor([0.0, 0.0, 1e-6])}
+    assert state_dict_hash(state) == state_dict_hash(same) != state_dict_hash(changed)
+
+
+def test_binarize_flags_the_splits_and_evaluates_on_one_fixed_draw() -> None:
+    images, labels = digit_like_images(60)
+    train, val = split_training_file(images, labels, DataPrepConfig(val_size=10, binarize=True))
+    assert is_binarized(train) and is_binarized(val)
+    assert train["images"].unique().numel() > 2  # stored as grey levels
+    first, second = evaluation_images(val), evaluation_images(val)
+    assert set(first.unique().tolist()) <= {0.0, 1.0} and torch.equal(first, second)
+    grey, _ = split_training_file(images, labels, DataPrepConfig(val_size=10))
+    assert not is_binarized(grey) and torch.equal(evaluation_images(grey), grey["images"])
