@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.losses import gaussian_kl, vae_loss_terms
@@ -16,6 +17,7 @@ from attn_pipeline.models import (
     load_checkpoint,
     make_checkpoint,
 )
+from attn_pipeline.models.backbones import SubPixelConvTranspose2d
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
 
@@ -148,3 +150,21 @@ def test_output_bias_starts_at_the_mean_image(batch: torch.Tensor) -> None:
     model.init_output_bias(mean)
     bias = model.generator.decoder.output_bias.bias
     torch.testing.assert_close(torch.sigmoid(bias), mean.clamp(1e-3, 1 - 1e-3))
+
+
+def test_sub_pixel_transposed_conv_matches_torchs_transposed_conv() -> None:
+    """The decoder's fast last layer computes what nn.ConvTranspose2d(4, 2, 1) computes,
+    forward and backward, from the same state dict."""
+    torch.manual_seed(0)
+    for in_channels, out_channels, bias in ((32, 1, False), (9, 3, True)):
+        fast = SubPixelConvTranspose2d(in_channels, out_channels, bias=bias)
+        reference = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
+        reference.load_state_dict(fast.state_dict())
+        x = torch.randn(4, in_channels, 7, 5, requires_grad=True)
+        out, expected = fast(x), reference(x)
+        assert out.shape == expected.shape == (4, out_channels, 14, 10)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), [x, fast.weight])
+        expected_grads = torch.autograd.grad(expected.square().sum(), [x, reference.weight])
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -19,7 +19,7 @@ def importance_weighted_nll(
     *,
     samples: int,
     seed: int = 0,
-    decodes_per_batch: int = 5000,
+    decodes_per_batch: int = 1000,
 ) -> torch.Tensor:
     """``-log p(x)`` per image, estimated with ``samples`` (K) posterior draws, in nats.
 

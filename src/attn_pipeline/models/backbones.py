@@ -8,6 +8,7 @@ code vector to per-pixel Bernoulli logits. The MLP pair is the classic 784-400-z
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionMaps, as_decoder_channel
@@ -71,6 +72,37 @@ class MLPDecoder(nn.Module):
         return self.output_bias(self.net(code).view(-1, *self.image_shape)), {}
 
 
+class SubPixelConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(kernel_size=4, stride=2, padding=1)``, computed as a 3x3
+    convolution into the four output phases followed by ``pixel_shuffle(2)``.
+
+    The same parameters (state-dict compatible) and the same function, to float rounding;
+    ``(B, C_in, H, W) -> (B, C_out, 2H, 2W)``. With few output channels (the decoder's
+    last layer: 32 -> 1) oneDNN's transposed convolution is poorly vectorised: this form
+    decodes about 4x faster on a 2-core CPU and trains about 1.5x faster, which matters
+    for the importance-weighted NLL's K decodes per test image.
+    """
+
+    # Output phase a (row or column parity) at window offset u-1 reads kernel tap
+    # _TAPS[a][u]; 4 is a zero tap (after padding the kernel to 5x5).
+    _TAPS = ((3, 1, 4), (4, 2, 0))
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+        taps = torch.tensor(self._TAPS)
+        self.register_buffer("_rows", taps[:, None, :, None].expand(2, 2, 3, 3), persistent=False)
+        self.register_buffer("_cols", taps[None, :, None, :].expand(2, 2, 3, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        c_in, c_out = self.in_channels, self.out_channels
+        padded = F.pad(self.weight, (0, 1, 0, 1))  # (C_in, C_out, 5, 5)
+        phases = padded[:, :, self._rows, self._cols]  # (C_in, C_out, 2, 2, 3, 3)
+        # conv2d weight (C_out * 4, C_in, 3, 3), ordered o*4 + a*2 + b as pixel_shuffle reads
+        kernel = phases.permute(1, 2, 3, 0, 4, 5).reshape(c_out * 4, c_in, 3, 3)
+        bias = self.bias.repeat_interleave(4) if self.bias is not None else None
+        return F.pixel_shuffle(F.conv2d(x, kernel, bias, padding=1), 2)
+
+
 class ConvEncoder(nn.Module):
     """``(B, C, 28, 28) -> mu (B, z), logvar (B, z)``: two stride-2 convs, 28 -> 14 -> 7."""
 
@@ -121,9 +153,7 @@ class ConvDecoder(nn.Module):
         self.up14 = nn.Sequential(
             nn.ConvTranspose2d(c2 + at7, c1, kernel_size=4, stride=2, padding=1), nn.ReLU()
         )
-        self.up28 = nn.ConvTranspose2d(
-            c1 + at14, image_channels, kernel_size=4, stride=2, padding=1, bias=False
-        )
+        self.up28 = SubPixelConvTranspose2d(c1 + at14, image_channels, bias=False)
         self.output_bias = PixelBias((image_channels, 28, 28))
 
     def _attend(
