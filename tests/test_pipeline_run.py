@@ -64,12 +64,15 @@ def _run(
     monkeypatch: pytest.MonkeyPatch,
     runtime_params: dict,
     pipeline: str | None = None,
+    env: str | None = None,
 ) -> dict:
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     (project / "mlruns").mkdir(exist_ok=True)
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+    with KedroSession.create(
+        project_path=project, runtime_params=runtime_params, env=env
+    ) as session:
         kwargs = {"pipeline_names": [pipeline]} if pipeline else {}
         return session.run(**kwargs)
 
@@ -244,3 +247,16 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     assert (reports / "study.spatial_seed0" / "steering.png").is_file()
     assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
     assert not (reports / "study.none_seed1" / "steering.png").exists()
+
+
+def test_an_environment_switches_the_data_set(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kedro run --env fashion_mnist` reads and writes Fashion-MNIST's files, not MNIST's
+    (building the pipelines must not reset the catalog's ${globals:...} to base)."""
+    write_raw_dataset(default_run / "data" / "01_raw" / "fashion_mnist")
+    mnist_train = default_run / "data" / "05_model_input" / "mnist_train.pt"
+    before = mnist_train.read_bytes()
+    _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "data_prep", env="fashion_mnist")
+    assert (default_run / "data" / "05_model_input" / "fashion_mnist_train.pt").is_file()
+    assert mnist_train.read_bytes() == before

@@ -9,9 +9,11 @@ pipelines" documentation), so they are set in the parameters files, not with --p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
@@ -26,17 +28,26 @@ from attn_pipeline.pipelines import (
 )
 
 
-def load_parameters(conf_source: Path | None = None) -> dict[str, Any]:
-    """The project's parameters (base overlaid by local), as Kedro will load them."""
+def load_parameters(conf_source: Path | None = None, env: str | None = None) -> dict[str, Any]:
+    """The project's parameters files, base overlaid by ``env`` (``KEDRO_ENV``, else local).
+
+    Read as plain YAML, top-level keys of the environment replacing base's, as Kedro merges
+    them. Not through a second ``OmegaConfigLoader``: creating one re-registers the
+    ``globals`` resolver for every loader, so the session's catalog would then resolve
+    ``${globals:dataset}`` from base and ``--env fashion_mnist`` would read MNIST's files.
+    Interpolations are left unresolved; the lists and model blocks read here have none.
+    """
     conf_source = conf_source or Path.cwd() / settings.CONF_SOURCE
     if not conf_source.is_dir():
         raise FileNotFoundError(
             f"no configuration folder {conf_source}: run kedro from the project's root"
         )
-    loader = settings.CONFIG_LOADER_CLASS(
-        conf_source=str(conf_source), **settings.CONFIG_LOADER_ARGS
-    )
-    return loader["parameters"]
+    env = env or os.environ.get("KEDRO_ENV") or settings.CONFIG_LOADER_ARGS["default_run_env"]
+    merged: dict[str, Any] = {}
+    for folder in (settings.CONFIG_LOADER_ARGS["base_env"], env):
+        for path in sorted((conf_source / folder).glob("**/parameters*.yml")):
+            merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
 
 
 def _checked_names(names: list[str], what: str, params: dict[str, Any]) -> tuple[str, ...]:
