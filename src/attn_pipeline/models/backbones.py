@@ -93,7 +93,7 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
         self.register_buffer("_rows", taps[:, None, :, None].expand(2, 2, 3, 3), persistent=False)
         self.register_buffer("_cols", taps[None, :, None, :].expand(2, 2, 3, 3), persistent=False)
 
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # no output_size: the size is 2H x 2W
         c_in, c_out = self.in_channels, self.out_channels
         padded = F.pad(self.weight, (0, 1, 0, 1))  # (C_in, C_out, 5, 5)
         phases = padded[:, :, self._rows, self._cols]  # (C_in, C_out, 2, 2, 3, 3)
