@@ -22,6 +22,7 @@ def _row(
         "feature_extractor_hash": extractor,
         "fid_n_samples": 1000,
         "nll_iw_k": 100,
+        "nll_iw_n_images": 500,
         **{metric: 0.5 for metric in METRICS},
         "neg_elbo": neg_elbo,
         "nll_iw": neg_elbo - 3,
@@ -90,7 +91,12 @@ def test_summarise_run_reads_the_run_outputs() -> None:
     metrics = {f"test/{metric}": float(i) for i, metric in enumerate(METRICS)}
     row = summarise_run(
         metrics,
-        {"feature_extractor_hash": "abc", "fid_n_samples": 1000, "nll_iw_k": 10},
+        {
+            "feature_extractor_hash": "abc",
+            "fid_n_samples": 1000,
+            "nll_iw_k": 10,
+            "nll_iw_n_images": 500,
+        },
         {"model": {"variant": "cbam"}, "train": {"seed": 2}, "n_parameters": 123},
         pd.DataFrame({"train/epoch_seconds": [10.0, 12.0, 11.0]}),
     )
@@ -102,5 +108,6 @@ def test_summarise_run_reads_the_run_outputs() -> None:
         "feature_extractor_hash": "abc",
         "fid_n_samples": 1000,
         "nll_iw_k": 10,
+        "nll_iw_n_images": 500,
         **{metric: float(i) for i, metric in enumerate(METRICS)},
     }

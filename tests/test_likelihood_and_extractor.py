@@ -11,6 +11,7 @@ from attn_pipeline.metrics import evaluate_reconstruction, importance_weighted_n
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.classifier import state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import split_training_file
+from attn_pipeline.pipelines.evaluate.nodes import nll_subset
 from attn_pipeline.pipelines.feature_extractor import nodes as extractor_nodes
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
@@ -64,6 +65,18 @@ def test_importance_batches_do_not_change_the_estimate_shape(trained_model) -> N
     assert nll.shape == (len(x),) and bool(torch.isfinite(nll).all())
     with pytest.raises(ValueError, match="must be positive"):
         importance_weighted_nll(model, x, samples=0)
+
+
+def test_nll_subset_is_seeded_sorted_and_spread_over_the_test_file() -> None:
+    subset = nll_subset(10_000, 2000, seed=0)
+    assert torch.equal(subset, nll_subset(10_000, 2000, seed=0))
+    assert not torch.equal(subset, nll_subset(10_000, 2000, seed=1))
+    assert len(subset) == 2000 and len(set(subset.tolist())) == 2000
+    assert torch.all(subset[1:] > subset[:-1])
+    # not just the head of the file, whose first half is MNIST's easier writers
+    assert 800 < int((subset >= 5000).sum()) < 1200
+    assert torch.equal(nll_subset(30, None, seed=0), torch.arange(30))
+    assert torch.equal(nll_subset(30, 50, seed=0), torch.arange(30))
 
 
 def test_extractor_is_trained_once_and_then_reused(monkeypatch: pytest.MonkeyPatch) -> None:

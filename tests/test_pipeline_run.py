@@ -21,7 +21,13 @@ TINY_RUN = {
     "data_prep": {"val_size": 40, "test_subset_size": 40},
     "train": {"epochs": 2, "batch_size": 50},
     "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
-    "evaluate": {"n_samples": 40, "nll_samples": 5, "kid_subsets": 5, "kid_subset_size": 20},
+    "evaluate": {
+        "n_samples": 40,
+        "nll_samples": 5,
+        "nll_images": 30,
+        "kid_subsets": 5,
+        "kid_subset_size": 20,
+    },
     "feature_extractor": {"epochs": 2, "batch_size": 50, "min_test_accuracy": 0.5},
 }
 GENERATION_METRICS = {
@@ -111,6 +117,7 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
         assert run.data.metrics["test/nll_iw"] <= run.data.metrics["test/neg_elbo"] + 1.0
         # every FID-proxy figure says which extractor and how many samples made it
         assert run.data.tags["fid_n_samples"] == "40" and run.data.tags["nll_iw_k"] == "5"
+        assert run.data.tags["nll_iw_n_images"] == "30"
         assert run.data.tags["feature_extractor_hash"] == extractor["hash"]
         assert "grey levels" in run.data.tags["nll_iw_likelihood"]
         assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= set(run.data.metrics)

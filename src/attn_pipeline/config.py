@@ -120,6 +120,9 @@ class EvaluateConfig(_Config):
         10000, ge=4, description="N: model samples (and test images) the FID-proxy compares"
     )
     nll_samples: PositiveInt = Field(100, description="K: importance samples per image")
+    nll_images: PositiveInt | None = Field(
+        2000, description="test images the IW NLL averages over (a seeded subset; None: all)"
+    )
     kid_subsets: PositiveInt = 100
     kid_subset_size: int = Field(1000, ge=2)
     precision_recall_k: PositiveInt = 3

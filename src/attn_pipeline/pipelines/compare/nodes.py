@@ -65,6 +65,7 @@ def summarise_run(
         "feature_extractor_hash": evaluation_info["feature_extractor_hash"],
         "fid_n_samples": evaluation_info["fid_n_samples"],
         "nll_iw_k": evaluation_info["nll_iw_k"],
+        "nll_iw_n_images": evaluation_info["nll_iw_n_images"],
         **{name: float(test_metrics[f"test/{name}"]) for name in METRICS},
     }
 
@@ -75,6 +76,7 @@ def _check_comparable(runs: pd.DataFrame) -> None:
         ("feature_extractor_hash", "feature extractors"),
         ("fid_n_samples", "FID-proxy sample counts N"),
         ("nll_iw_k", "importance sample counts K"),
+        ("nll_iw_n_images", "NLL test image counts"),
     ):
         values = sorted(set(runs[column]))
         if len(values) > 1:
@@ -119,6 +121,7 @@ def compare_variants(**rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]
             "feature_extractor_hash": own["feature_extractor_hash"].iloc[0],
             "fid_n_samples": int(own["fid_n_samples"].iloc[0]),
             "nll_iw_k": int(own["nll_iw_k"].iloc[0]),
+            "nll_iw_n_images": int(own["nll_iw_n_images"].iloc[0]),
         }
         for metric in METRICS:
             record[f"{metric}_mean"] = float(own[metric].mean())
@@ -180,7 +183,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     first = table.iloc[0]
     lines = [
         f"FID-proxy figures: feature extractor `{first['feature_extractor_hash']}`, "
-        f"N = {first['fid_n_samples']:,} samples; NLL (IW): K = {first['nll_iw_k']}.",
+        f"N = {first['fid_n_samples']:,} samples; NLL (IW): K = {first['nll_iw_k']} on "
+        f"{first['nll_iw_n_images']:,} test images.",
         "",
     ]
     for title, columns in TABLES:

@@ -32,6 +32,19 @@ LIKELIHOODS = {
 }
 
 
+def nll_subset(n_images: int, size: int | None, *, seed: int) -> torch.Tensor:
+    """Indices of the test images the importance-weighted NLL averages over.
+
+    A seeded random subset of ``size`` (sorted; all images when ``size`` is None or not
+    smaller), the same for every variant at the same seed. Random rather than the first
+    ``size``: MNIST's test file is ordered by writer group (the first 5,000 are the easier).
+    """
+    if size is None or size >= n_images:
+        return torch.arange(n_images)
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    return order[:size].sort().values
+
+
 def evaluate_model(
     checkpoint: dict[str, Any],
     test_set: dict[str, torch.Tensor],
@@ -42,10 +55,12 @@ def evaluate_model(
 
     Returns:
         The metrics: the negative ELBO, reconstruction BCE and MSE, KL
-        (:class:`ReconstructionMetrics`); the importance-weighted NLL with K samples;
+        (:class:`ReconstructionMetrics`); the importance-weighted NLL with K samples on
+        ``nll_images`` of the test images;
         the FID-proxy of N prior samples and of N reconstructions against N test images,
         the KID-proxy, precision, recall, sample confidence and class coverage.
-        The evaluation's description (tags for MLflow): N, K, the extractor's hash, and
+        The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
+        extractor's hash, and
         which likelihood ``test/nll_iw`` is.
     """
     started = time.perf_counter()
@@ -58,10 +73,14 @@ def evaluate_model(
     metrics = evaluate_reconstruction(
         model, images, batch_size=config.batch_size, seed=config.seed
     ).as_dict()
-    nll = importance_weighted_nll(model, images, samples=config.nll_samples, seed=config.seed)
+    nll_images = images[nll_subset(len(images), config.nll_images, seed=config.seed)]
+    nll = importance_weighted_nll(model, nll_images, samples=config.nll_samples, seed=config.seed)
     metrics["nll_iw"] = float(nll.mean())
 
-    extractor = load_feature_extractor(feature_extractor).to(device)
+    # channels_last: the extractor's convolutions run about 2x faster (same features)
+    extractor = load_feature_extractor(feature_extractor).to(
+        device, memory_format=torch.channels_last
+    )
     n = min(config.n_samples, len(test_set["images"]))
     real_images = test_set["images"][:n]  # grey levels: the data the samples should match
     metrics |= generation_metrics(
@@ -78,6 +97,7 @@ def evaluate_model(
         "feature_extractor_test_accuracy": feature_extractor["test_accuracy"],
         "fid_n_samples": n,
         "nll_iw_k": config.nll_samples,
+        "nll_iw_n_images": len(nll_images),
         "nll_iw_likelihood": LIKELIHOODS[is_binarized(test_set)],
         "n_test_images": len(images),
     }
