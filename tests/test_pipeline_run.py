@@ -14,6 +14,7 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from attn_pipeline.config import ConfigError
 from tests.conftest import write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +255,10 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     assert (reports / "study.spatial_seed0" / "steering.png").is_file()
     assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
     assert not (reports / "study.none_seed1" / "steering.png").exists()
+    # each run's image grids in its own folder, not parsed as variant "study"
+    for image in ("samples", "reconstructions", "interpolations"):
+        assert (reports / "study.none_seed1" / f"{image}.png").is_file()
+    assert not list((reports / "study").glob("*seed*"))
 
 
 def test_an_environment_switches_the_data_set(
@@ -267,3 +272,19 @@ def test_an_environment_switches_the_data_set(
     _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "data_prep", env="fashion_mnist")
     assert (default_run / "data" / "05_model_input" / "fashion_mnist_train.pt").is_file()
     assert mnist_train.read_bytes() == before
+
+
+def test_an_environment_that_reshapes_the_pipelines_needs_kedro_env(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelines are built before Kedro reads --env: an environment that changes the
+    variant lists is refused with the fix, instead of being ignored."""
+    env = default_run / "conf" / "one_variant"
+    env.mkdir()
+    (env / "parameters.yml").write_text("variants: [none]\n")
+    checkpoint = default_run / "data" / "06_models" / "none" / "model.pt"
+    before = checkpoint.read_bytes()
+    with pytest.raises(ConfigError, match=r"changes variants.*KEDRO_ENV=one_variant kedro run"):
+        _run(default_run, tracking_uri, monkeypatch, TINY_RUN, env="one_variant")
+    assert checkpoint.read_bytes() == before
+    assert mlflow.active_run() is None

@@ -10,8 +10,27 @@ from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
+from attn_pipeline.pipeline_registry import load_parameters, pipeline_plan
 
 logger = logging.getLogger(__name__)
+
+
+def check_pipeline_plan(session_params: dict[str, Any], env: str | None) -> None:
+    """Refuse a run whose environment would change the pipelines' shape.
+
+    Kedro registers the pipelines before it knows ``--env``, so they are built from base
+    and ``KEDRO_ENV`` (else local): an environment chosen with ``--env`` that changes the
+    variant lists would otherwise be ignored in silence.
+    """
+    built, wanted = pipeline_plan(load_parameters()), pipeline_plan(session_params)
+    changed = [key for key in built if built[key] != wanted[key]]
+    if changed:
+        raise ConfigError(
+            f"environment '{env}' changes {', '.join(changed)}, which shape the pipelines "
+            f"(built: {[built[key] for key in changed]}, asked: "
+            f"{[wanted[key] for key in changed]}). Kedro builds the pipelines before it reads "
+            f"--env: run `KEDRO_ENV={env} kedro run ...` instead of `--env {env}`."
+        )
 
 
 class RunPlanCheckHook:
@@ -27,6 +46,7 @@ class RunPlanCheckHook:
     @hook_impl
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
+        check_pipeline_plan(self._params, context.env)
 
     def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
         if "train_set" in pipeline.all_outputs():

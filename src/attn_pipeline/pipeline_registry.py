@@ -71,12 +71,24 @@ def steerable_variants(names: tuple[str, ...], params: dict[str, Any]) -> set[st
     }
 
 
-def register_pipelines() -> dict[str, Pipeline]:
-    params = load_parameters()
+def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
+    """What the pipelines' shape is built from: the variant lists, the study's seeds and
+    which variants get a steering node."""
     variants = _checked_names(list(params.get("variants", [])), "variants", params)
     study = StudyConfig.model_validate(params.get("study", {}))
     study_variants = _checked_names(list(study.variants), "study.variants", params)
-    steerable = steerable_variants(tuple(set(variants) | set(study_variants)), params)
+    return {
+        "variants": variants,
+        "study.variants": study_variants,
+        "study.seeds": tuple(study.seeds),
+        "steerable": steerable_variants(tuple(set(variants) | set(study_variants)), params),
+    }
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    plan = pipeline_plan(load_parameters())
+    variants, study_variants = plan["variants"], plan["study.variants"]
+    steerable = plan["steerable"]
     pipelines = {
         "data_prep": data_prep.create_pipeline(),
         "feature_extractor": feature_extractor.create_pipeline(),
@@ -85,5 +97,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "generate": generate.create_pipeline(variants, steerable=steerable),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
-    pipelines["compare"] = compare.create_pipeline(study_variants, study.seeds, steerable=steerable)
+    pipelines["compare"] = compare.create_pipeline(
+        study_variants, plan["study.seeds"], steerable=steerable
+    )
     return pipelines
