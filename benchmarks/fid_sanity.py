@@ -84,7 +84,8 @@ def main() -> None:
     if metrics is not None:
         print(
             f"full evaluate of '{args.variant}' ({description['fid_n_samples']} samples, "
-            f"K = {description['nll_iw_k']}): {seconds:.0f} s"
+            f"K = {description['nll_iw_k']} on {description['nll_iw_n_images']} images): "
+            f"{seconds:.0f} s"
         )
         for name, value in metrics.items():
             print(f"  {name:<28} {value:.4f}")

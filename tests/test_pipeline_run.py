@@ -284,7 +284,7 @@ def test_an_environment_that_reshapes_the_pipelines_needs_kedro_env(
     (env / "parameters.yml").write_text("variants: [none]\n")
     checkpoint = default_run / "data" / "06_models" / "none" / "model.pt"
     before = checkpoint.read_bytes()
-    with pytest.raises(ConfigError, match=r"changes variants.*KEDRO_ENV=one_variant kedro run"):
+    with pytest.raises(ConfigError, match=r"change variants.*KEDRO_ENV=one_variant kedro run"):
         _run(default_run, tracking_uri, monkeypatch, TINY_RUN, env="one_variant")
     assert checkpoint.read_bytes() == before
     assert mlflow.active_run() is None

@@ -8,6 +8,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
+from pydantic import ValidationError
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
 from attn_pipeline.pipeline_registry import load_parameters, pipeline_plan
@@ -18,18 +19,24 @@ logger = logging.getLogger(__name__)
 def check_pipeline_plan(session_params: dict[str, Any], env: str | None) -> None:
     """Refuse a run whose environment would change the pipelines' shape.
 
-    Kedro registers the pipelines before it knows ``--env``, so they are built from base
-    and ``KEDRO_ENV`` (else local): an environment chosen with ``--env`` that changes the
-    variant lists would otherwise be ignored in silence.
+    Kedro registers the pipelines before it knows ``--env`` or ``--params``, so they are
+    built from base and ``KEDRO_ENV`` (else local): variant lists changed by ``--env`` or
+    ``--params`` would otherwise be ignored in silence.
     """
-    built, wanted = pipeline_plan(load_parameters()), pipeline_plan(session_params)
+    built = pipeline_plan(load_parameters())
+    try:
+        wanted = pipeline_plan(session_params)
+    except ValidationError:
+        return  # a bad model block: Kedro's typed parameters report it, with its key
     changed = [key for key in built if built[key] != wanted[key]]
     if changed:
         raise ConfigError(
-            f"environment '{env}' changes {', '.join(changed)}, which shape the pipelines "
-            f"(built: {[built[key] for key in changed]}, asked: "
-            f"{[wanted[key] for key in changed]}). Kedro builds the pipelines before it reads "
-            f"--env: run `KEDRO_ENV={env} kedro run ...` instead of `--env {env}`."
+            f"this run's parameters (environment '{env}', --params) change "
+            f"{', '.join(changed)}, which shape the pipelines (built with "
+            f"{[built[key] for key in changed]}, asked for {[wanted[key] for key in changed]}). "
+            "Kedro builds the pipelines from conf/base and KEDRO_ENV (else conf/local) before "
+            f"it reads --env or --params: run `KEDRO_ENV={env} kedro run ...` instead of "
+            f"`--env {env}`, or set the lists in conf/local."
         )
 
 
@@ -37,16 +44,18 @@ class RunPlanCheckHook:
     """Fail fast when the training budget cannot work with the data the run will have.
 
     Single values are checked by Kedro against the typed configs; what is checked here
-    needs two of them (``train.batch_size`` against the size ``data_prep`` will produce).
+    needs two of them (``train.batch_size`` against the size ``data_prep`` will produce),
+    or the pipelines themselves (:func:`check_pipeline_plan`).
     """
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
+        self._env: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
-        check_pipeline_plan(self._params, context.env)
+        self._env = context.env
 
     def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
         if "train_set" in pipeline.all_outputs():
@@ -67,6 +76,9 @@ class RunPlanCheckHook:
     def before_pipeline_run(
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
+        # only the per-variant (namespaced) nodes depend on the lists the plan is built from
+        if any(node.namespace for node in pipeline.nodes):
+            check_pipeline_plan(self._params, self._env)
         if not any(node.name.endswith("train_model") for node in pipeline.nodes):
             return
         train = TrainConfig.model_validate(self._params.get("train", {}))
