@@ -60,8 +60,7 @@ def evaluate_model(
         the FID-proxy of N prior samples and of N reconstructions against N test images,
         the KID-proxy, precision, recall, sample confidence and class coverage.
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
-        extractor's hash, and
-        which likelihood ``test/nll_iw`` is.
+        extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
