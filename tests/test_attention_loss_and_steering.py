@@ -7,8 +7,9 @@ import torch
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.losses import attention_alignment, training_objective, vae_loss_terms
 from attn_pipeline.models import build_vae
+from attn_pipeline.models.attention import relative_map
 from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, rectangle_mask
-from attn_pipeline.pipelines.generate.nodes import steer_samples
+from attn_pipeline.pipelines.generate.nodes import steering_rows
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
 
@@ -101,17 +102,34 @@ def test_edits_keep_a_distribution() -> None:
     assert float(replaced[:, :, 7:, :].sum()) == 0.0 and float(replaced[:, :, :7, :7].sum()) == 0
 
 
-def test_steering_changes_pixels_inside_the_region_more_than_outside() -> None:
+def test_the_gate_ignores_renormalisation_outside_the_edit() -> None:
+    """relative_map: suppressing a half that does not hold the peak leaves the gate's view
+    of the other half exactly as it was (the locality of spatial_gate's edits)."""
+    logits = torch.randn(3, 196, generator=torch.Generator().manual_seed(0))
+    logits[:, 150] = 10.0  # the peak in the bottom half (row 10)
+    attention = torch.softmax(logits, -1).view(3, 1, 14, 14)
+    edited = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=0.05)(attention)
+    before, after = relative_map(attention), relative_map(edited)
+    torch.testing.assert_close(after[:, :, 7:], before[:, :, 7:])
+    torch.testing.assert_close(after[:, :, :7], 0.05 * before[:, :, :7])
+    assert not torch.equal(edited[:, :, 7:], attention[:, :, 7:])  # the map itself moved
+
+
+def test_steering_rows_share_one_map_draw_and_apply_each_edit() -> None:
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="spatial", latent_dim=8)).eval()
-    x = _batch()
-    fit(model, x, None, TrainConfig(epochs=3, batch_size=32), show_progress=False)
-    model.eval()
-    edit = ScaleRectangle(top=14, bottom=28, left=0, right=14, factor=20.0)
-    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
-    before, after, map_before, map_after = steer_samples(model, z, edit)
-    change = (after - before).abs()[:, 0]  # (B, 28, 28)
-    inside = torch.zeros(28, 28, dtype=torch.bool)
-    inside[14:, :14] = True
-    assert float(change[:, inside].mean()) > 2 * float(change[:, ~inside].mean())
-    assert not torch.equal(map_before, map_after)
+    model = build_vae(ModelConfig(variant="spatial_gate", latent_dim=8)).eval()
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    donors = _batch(4)
+    custom = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=3.0)
+    rows = steering_rows(model, z, donors, custom)
+    labels = [label for label, _, _ in rows]
+    assert labels[0] == "unsteered" and len(rows) == 1 + 8 + 2
+    assert labels[1] == "top emphasised x8" and labels[5] == "top suppressed x0.05"
+    unsteered_map = rows[0][2]
+    top = rectangle_mask(14, 28, top=0, bottom=14, left=0, right=28)
+    emphasised, suppressed = rows[1][2], rows[5][2]
+    assert bool((emphasised[:, 0][:, top].sum(1) > unsteered_map[:, 0][:, top].sum(1)).all())
+    assert bool((suppressed[:, 0][:, top].sum(1) < unsteered_map[:, 0][:, top].sum(1)).all())
+    torch.testing.assert_close(rows[9][2], model.attention_map_of(donors))  # transplant
+    for _, images, maps in rows:
+        assert images.shape == (4, 1, 28, 28) and maps.shape == (4, 1, 14, 14)

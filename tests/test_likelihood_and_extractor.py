@@ -25,10 +25,12 @@ def _split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture(scope="module")
-def trained_model():
+@pytest.fixture(scope="module", params=["none", "spatial_gate"])
+def trained_model(request):
+    """A small trained model without and with the output gate (whose map of z changes
+    every decode's logits)."""
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="none", latent_dim=4))
+    model = build_vae(ModelConfig(variant=request.param, latent_dim=4))
     x = _split(128)["images"]
     fit(
         model,

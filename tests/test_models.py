@@ -21,7 +21,7 @@ from attn_pipeline.models.backbones import SubPixelConvTranspose2d
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
 
-VARIANTS = ["none", "latent", "spatial", "self", "cbam"]
+VARIANTS = ["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
 BACKBONES = ["conv", "mlp"]
 CONV_ONLY = {"self", "cbam"}
 #: the maps each variant's forward returns in eval mode, with their shapes for batch 5
@@ -29,6 +29,7 @@ EXPECTED_MAPS = {
     "none": {},
     "latent": {"latent": (5, 8)},
     "spatial": {"spatial": (5, 1, 14, 14)},
+    "spatial_gate": {"spatial": (5, 1, 14, 14)},
     "self": {"self": (5, 1, 14, 14)},
     "cbam": {"cbam_spatial": (5, 1, 14, 14), "cbam_channel": (5, 32)},
 }

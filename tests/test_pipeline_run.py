@@ -52,7 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "conf" / "local").mkdir()
     # a small study: two variants (one steerable), two seeds
     (root / "conf" / "local" / "parameters.yml").write_text(
-        "study:\n  variants: [none, spatial]\n  seeds: [0, 1]\n"
+        "study:\n  variants: [none, spatial_gate]\n  seeds: [0, 1]\n"
     )
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # the package itself is imported from the environment
@@ -229,30 +229,39 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     assert sorted(r.info.run_name for r in children) == [
         "study.none_seed0",
         "study.none_seed1",
-        "study.spatial_seed0",
-        "study.spatial_seed1",
+        "study.spatial_gate_seed0",
+        "study.spatial_gate_seed1",
     ]
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
         ("none", "0"),
         ("none", "1"),
-        ("spatial", "0"),
-        ("spatial", "1"),
+        ("spatial_gate", "0"),
+        ("spatial_gate", "1"),
     }
     # the study reuses the extractor the default run stored: one hash for every figure
     stored = json.loads((default_run / "data/06_models/feature_extractor/mnist.json").read_text())
     assert {r.data.tags["feature_extractor_hash"] for r in children} == {stored["hash"]}
     shared = set.intersection(*(set(r.data.metrics) for r in children))
     assert {"test/neg_elbo", "test/mse", "val/loss"} <= shared
+    # the steering benchmark: for the variant with a map, and nothing (not zeros) for none
+    for run in children:
+        steer = {name for name in run.data.metrics if name.startswith("test/steer_")}
+        has_map = run.data.tags["variant"] == "spatial_gate"
+        assert ("test/steer_suppression_ink_share" in steer) == has_map
+        assert has_map or not steer
     parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
     assert {"comparison.csv", "comparison.md", "comparison.png"} <= parent_artifacts
     table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
-    assert list(table["variant"]) == ["none", "spatial"]
+    assert list(table["variant"]) == ["none", "spatial_gate"]
+    assert table["steer_suppression_ink_share_mean"].isna().tolist() == [True, False]
     assert list(table["seeds"]) == [2, 2]
     assert table.loc[0, "neg_elbo_diff"] == 0.0
     markdown = (default_run / "data/08_reporting/study/comparison.md").read_text()
-    assert "| spatial | 2 |" in markdown
+    assert "| spatial_gate | 2 |" in markdown
+    assert markdown.count("| spatial_gate | 2 |") == 3  # the steering table has its row
+    assert markdown.count("| none | 2 |") == 2  # ... and none has no steering row
     reports = default_run / "data" / "08_reporting"
-    assert (reports / "study.spatial_seed0" / "steering.png").is_file()
+    assert (reports / "study.spatial_gate_seed0" / "steering.png").is_file()
     assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
     assert not (reports / "study.none_seed1" / "steering.png").exists()
     # each run's image grids in its own folder, not parsed as variant "study"

@@ -12,11 +12,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 #: Model variants a ``model.variant`` parameter may name.
-Variant = Literal["none", "latent", "spatial", "self", "cbam"]
+Variant = Literal["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
 Backbone = Literal["conv", "mlp"]
-#: Variants whose generator holds a weight map over image positions computed from z: the
+#: Variants whose generator holds a weight map over image positions computed from z (an
+#: extra decoder channel for `spatial`, a gate on the output for `spatial_gate`): the
 #: attention loss supervises it and steering edits it.
-SPATIAL_MAP_VARIANTS = frozenset({"spatial"})
+SPATIAL_MAP_VARIANTS = frozenset({"spatial", "spatial_gate"})
 #: Variants that live inside the conv decoder's feature maps.
 CONV_ONLY_VARIANTS = frozenset({"self", "cbam"})
 
@@ -71,7 +72,17 @@ class ModelConfig(_Config):
         14, description="side of the decoder feature map the attention works on (7 or 14)"
     )
     attention_loss_weight: float = Field(
-        0.0, ge=0, description="weight of the attention loss (spatial variant only)"
+        0.0, ge=0, description="weight of the attention loss (variants with a spatial map)"
+    )
+    gate_gain: float = Field(
+        1.5,
+        gt=0,
+        description="spatial_gate: log-odds added per factor e of map weight (fixed, not learned)",
+    )
+    attention_target: Literal["error", "ink"] = Field(
+        "error",
+        description="what the attention loss ties the map to: the per-pixel reconstruction "
+        "error (the blog post's loss) or the image's ink (pixel intensity) distribution",
     )
 
     @model_validator(mode="after")
@@ -122,6 +133,9 @@ class EvaluateConfig(_Config):
     nll_samples: PositiveInt = Field(100, description="K: importance samples per image")
     nll_images: PositiveInt | None = Field(
         2000, description="test images the IW NLL averages over (a seeded subset; None: all)"
+    )
+    steer_samples: PositiveInt = Field(
+        1000, description="prior samples the steering benchmark edits (variants with a map)"
     )
     kid_subsets: PositiveInt = 100
     kid_subset_size: int = Field(1000, ge=2)
@@ -188,7 +202,7 @@ class GenerateConfig(_Config):
     n_interpolations: PositiveInt = 6
     interpolation_steps: int = Field(10, ge=2)
     n_attention_examples: PositiveInt = 8
-    n_steered: PositiveInt = 16
+    n_steered: PositiveInt = 8
     steering: ScaleRectangleEdit | ReplaceMapEdit = Field(
         default_factory=ScaleRectangleEdit, discriminator="kind"
     )
@@ -199,7 +213,8 @@ class StudyConfig(_Config):
     """The ``compare`` study (``params:study``): which variants, over which seeds."""
 
     variants: list[str] = Field(
-        default_factory=lambda: ["none", "latent", "spatial", "self", "cbam"], min_length=1
+        default_factory=lambda: ["none", "latent", "spatial", "spatial_gate", "self", "cbam"],
+        min_length=1,
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 

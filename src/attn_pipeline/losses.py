@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,33 +43,51 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-def attention_alignment(
-    attention_map: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, eps: float = 1e-8
-) -> torch.Tensor:
-    """The attention loss (blog post, step 3): ``KL(p_err || a)`` per image.
+#: What the attention loss ties a map to (``model.attention_target``).
+AttentionTarget = Literal["error", "ink"]
 
-    ``p_err`` is the per-pixel reconstruction error (Bernoulli NLL, detached: the loss
-    trains the map, not the decoder), average-pooled to the map's size and normalised to a
-    distribution over positions; ``a`` is the map, a distribution over the same positions.
+
+def attention_alignment(
+    attention_map: torch.Tensor,
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    eps: float = 1e-8,
+    *,
+    target: AttentionTarget = "error",
+) -> torch.Tensor:
+    """The attention loss (blog post, step 3): ``KL(p || a)`` per image.
+
+    ``p`` is, with ``target="error"`` (the blog post's), the per-pixel reconstruction error
+    (Bernoulli NLL, detached: the loss trains the map, not the decoder); with
+    ``target="ink"``, the image's own pixel intensities. Either is average-pooled to the
+    map's size and normalised to a distribution over positions; ``a`` is the map, a
+    distribution over the same positions.
 
     Why this KL, in this direction: it is the cross-entropy of the map under the error
-    distribution minus a constant, so it is zero exactly when the map equals ``p_err``, and
-    its gradient with respect to the map's softmax logits is ``a - p_err``, bounded and well
+    distribution minus a constant, so it is zero exactly when the map equals ``p``, and
+    its gradient with respect to the map's softmax logits is ``a - p``, bounded and well
     scaled, like a classifier's. It is mass-covering: the map is pushed to put weight
     wherever error is, instead of collapsing on the single worst position.
 
     Shapes: ``(B, 1, h, w), (B, C, H, W), (B, C, H, W) -> (B,)``.
     """
-    error = F.binary_cross_entropy_with_logits(logits.detach(), x, reduction="none")
-    error = F.adaptive_avg_pool2d(error.sum(1, keepdim=True), attention_map.shape[-2:])
-    target = error.flatten(1)
-    target = target / target.sum(1, keepdim=True).clamp_min(eps)  # (B, h*w)
+    if target == "error":
+        per_pixel = F.binary_cross_entropy_with_logits(logits.detach(), x, reduction="none")
+    else:
+        per_pixel = x
+    pooled = F.adaptive_avg_pool2d(per_pixel.sum(1, keepdim=True), attention_map.shape[-2:])
+    p = pooled.flatten(1)
+    p = p / p.sum(1, keepdim=True).clamp_min(eps)  # (B, h*w)
     log_map = attention_map.flatten(1).clamp_min(eps).log()
-    return (target * (target.clamp_min(eps).log() - log_map)).sum(1)
+    return (p * (p.clamp_min(eps).log() - log_map)).sum(1)
 
 
 def vae_loss_terms(
-    output: VAEOutput, x: torch.Tensor, *, with_attention: bool = False
+    output: VAEOutput,
+    x: torch.Tensor,
+    *,
+    with_attention: bool = False,
+    attention_target: AttentionTarget = "error",
 ) -> LossTerms:
     """Reconstruction and KL terms of one forward pass, and the attention loss if asked for
     (and the variant has a spatial map)."""
@@ -76,7 +95,9 @@ def vae_loss_terms(
         recon=bernoulli_nll(output.logits, x), kl=gaussian_kl(output.mu, output.logvar)
     )
     if with_attention and "spatial" in output.attention:
-        terms.attention = attention_alignment(output.attention["spatial"], output.logits, x)
+        terms.attention = attention_alignment(
+            output.attention["spatial"], output.logits, x, target=attention_target
+        )
     return terms
 
 

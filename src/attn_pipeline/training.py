@@ -121,7 +121,9 @@ def fit(
             x = train_images[permutation[start : start + config.batch_size]]
             if binarize:
                 x = torch.bernoulli(x)
-            terms = vae_loss_terms(model(x), x, with_attention=weight > 0)
+            terms = vae_loss_terms(
+                model(x), x, with_attention=weight > 0, attention_target=model.attention_target
+            )
             loss = training_objective(terms, beta=beta, attention_weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,6 +9,7 @@ from .feature_distances import (
 )
 from .generation import classifier_view, generation_metrics, prior_samples, reconstructions
 from .likelihood import importance_weighted_nll
+from .steering import steerable, steering_metrics
 
 __all__ = [
     "ReconstructionMetrics",
@@ -22,4 +23,6 @@ __all__ = [
     "precision_recall",
     "prior_samples",
     "reconstructions",
+    "steerable",
+    "steering_metrics",
 ]

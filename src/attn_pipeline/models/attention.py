@@ -52,6 +52,43 @@ class SpatialAttentionMap(nn.Module):
         return torch.softmax(logits, dim=-1).view(-1, 1, self.size, self.size)
 
 
+def relative_map(attention_map: torch.Tensor) -> torch.Tensor:
+    """A distribution over positions divided by its largest weight: values in (0, 1].
+
+    How :class:`OutputGate` reads a map. It is invariant to renormalisation, so an edit
+    that scales one region and renormalises leaves the gate outside that region as it was
+    (unless the peak moved into or out of the region). ``(B, 1, h, w) -> (B, 1, h, w)``.
+    """
+    return attention_map / attention_map.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+class OutputGate(nn.Module):
+    """A weight map over positions as a gate on the generator's output logits.
+
+    ``logits + gain * log(relative_map(map))``, the map upsampled (nearest) to the image and
+    floored at ``min_weight``: where the map puts a ``k`` times smaller weight than at its
+    peak, the pixels' log-odds fall by ``gain * log k``. The decoder's features never see
+    the map, so they cannot learn to undo an edit: at generation time, scaling the map in a
+    region scales the ink there, and nothing outside it moves (see :func:`relative_map`).
+    The map is a function of ``z``, so the gate adds no latent and the ELBO is the VAE's.
+
+    ``gain`` is fixed, not learned: learned, it drifted from 1 to 0.88 in 8 epochs on MNIST,
+    the decoder leaning on its features instead, and steering weakened (README, Steering).
+
+    Shapes: ``logits (B, C, H, W), map (B, 1, h, w) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, gain: float, min_weight: float = 1e-3) -> None:
+        super().__init__()
+        self.gain = gain
+        self.min_weight = min_weight
+
+    def forward(self, logits: torch.Tensor, attention_map: torch.Tensor) -> torch.Tensor:
+        weight = F.interpolate(relative_map(attention_map), size=logits.shape[-2:], mode="nearest")
+        # floor before the log: no infinite gradient where a softmax weight underflows to 0
+        return logits + self.gain * weight.clamp_min(self.min_weight).log()
+
+
 def as_decoder_channel(attention_map: torch.Tensor) -> torch.Tensor:
     """Scale a distribution over positions so that its mean is 1 (a uniform map is all ones).
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionMaps, as_decoder_channel
+from .attention import AttentionMaps
 
 
 class MLPEncoder(nn.Module):
@@ -51,8 +51,8 @@ class PixelBias(nn.Module):
 class MLPDecoder(nn.Module):
     """``(B, in_dim) -> logits (B, C, H, W)`` through one hidden layer.
 
-    An attention map ``(B, 1, h, w)``, when given, is flattened and appended to the code
-    (so ``in_dim`` must count its ``h * w`` values).
+    An attention map ``(B, 1, h, w)``, when given (already scaled for the decoder by the
+    generator), is flattened and appended to the code (so ``in_dim`` counts its ``h * w``).
     """
 
     def __init__(self, *, in_dim: int, hidden_dim: int, image_shape: tuple[int, int, int]) -> None:
@@ -68,7 +68,7 @@ class MLPDecoder(nn.Module):
         self, code: torch.Tensor, attention_map: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, AttentionMaps]:
         if attention_map is not None:
-            code = torch.cat([code, as_decoder_channel(attention_map).flatten(1)], dim=1)
+            code = torch.cat([code, attention_map.flatten(1)], dim=1)
         return self.output_bias(self.net(code).view(-1, *self.image_shape)), {}
 
 
@@ -163,7 +163,7 @@ class ConvDecoder(nn.Module):
             h, block_maps = self.block(h)
             maps.update(block_maps)
         if attention_map is not None:
-            h = torch.cat([h, as_decoder_channel(attention_map)], dim=1)
+            h = torch.cat([h, attention_map], dim=1)
         return h
 
     def forward(

@@ -62,3 +62,21 @@ class ReplaceMap:
         given = torch.tensor(self.values, dtype=attention_map.dtype, device=attention_map.device)
         resized = F.interpolate(given[None, None], size=attention_map.shape[-2:], mode="area")
         return _renormalise(resized.clamp_min(0).expand_as(attention_map))
+
+
+@dataclass(frozen=True)
+class TransplantMap:
+    """Replace each sample's map by another one (say, the map inferred from a test image).
+
+    ``maps (B, 1, h, w)``, one per sample, each a distribution over positions.
+    """
+
+    maps: torch.Tensor
+
+    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
+        if self.maps.shape != attention_map.shape:
+            raise ValueError(
+                f"transplanted maps {tuple(self.maps.shape)} do not match the generator's "
+                f"{tuple(attention_map.shape)}"
+            )
+        return _renormalise(self.maps.to(attention_map))

@@ -12,9 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attn_pipeline.config import ModelConfig
+from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig
 
-from .attention import CBAM, LatentSoftmaxAttention, SelfAttention2d, SpatialAttentionMap
+from .attention import (
+    CBAM,
+    LatentSoftmaxAttention,
+    OutputGate,
+    SelfAttention2d,
+    SpatialAttentionMap,
+    as_decoder_channel,
+)
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
@@ -45,9 +52,9 @@ class Generator(nn.Module):
     """``z (B, D) -> DecoderOutput``: the decoder with whatever attention the variant has.
 
     ``latent_attention`` (the blog post's ``softmax(w * z)``) widens the code;
-    ``spatial_map`` turns ``z`` into a map over image positions that the decoder takes as an
-    extra channel (and that ``edit`` may change before it does); feature blocks
-    (self-attention, CBAM) live inside the decoder.
+    ``spatial_map`` turns ``z`` into a map over image positions (that ``edit`` may change),
+    which either the decoder takes as an extra channel or, with ``output_gate``, gates the
+    decoder's output logits; feature blocks (self-attention, CBAM) live inside the decoder.
     """
 
     def __init__(
@@ -56,11 +63,13 @@ class Generator(nn.Module):
         *,
         latent_attention: nn.Module | None = None,
         spatial_map: nn.Module | None = None,
+        output_gate: OutputGate | None = None,
     ) -> None:
         super().__init__()
         self.decoder = decoder
         self.latent_attention = latent_attention
         self.spatial_map = spatial_map
+        self.output_gate = output_gate
 
     def forward(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
         maps: dict[str, torch.Tensor] = {}
@@ -73,7 +82,12 @@ class Generator(nn.Module):
             if edit is not None:
                 spatial = edit(spatial)
             maps["spatial"] = spatial
-        logits, decoder_maps = self.decoder(code, spatial)
+        if self.output_gate is not None:
+            logits, decoder_maps = self.decoder(code)
+            logits = self.output_gate(logits, spatial)
+        else:
+            channel = as_decoder_channel(spatial) if spatial is not None else None
+            logits, decoder_maps = self.decoder(code, channel)
         return DecoderOutput(logits=logits, attention=maps | decoder_maps)
 
 
@@ -87,12 +101,14 @@ class VAE(nn.Module):
         *,
         latent_dim: int,
         attention_loss_weight: float = 0.0,
+        attention_target: str = "error",
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.generator = generator
         self.latent_dim = latent_dim
         self.attention_loss_weight = attention_loss_weight
+        self.attention_target = attention_target
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, C, H, W) -> mu (B, D), logvar (B, D)``."""
@@ -103,12 +119,23 @@ class VAE(nn.Module):
         mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``z = mu + sigma * eps`` with ``eps ~ N(0, I)``, differentiable in mu and logvar."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if generator is None:  # randn_like: the same draws, and traceable by torch.export
+            eps = torch.randn_like(mu)
+        else:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
         """``z (B, D) -> DecoderOutput`` (logits and attention maps), optionally steered."""
         return self.generator(z, edit)
+
+    def attention_map_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial map the model gives images ``x (B, C, H, W)`` (at their posterior
+        means): ``(B, 1, h, w)``. Only for variants with a spatial map."""
+        if self.generator.spatial_map is None:
+            raise ValueError("this variant has no spatial attention map")
+        mu, _ = self.encode(x)
+        return self.generator.spatial_map(mu)
 
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output at the training data's mean image ``(C, H, W)``."""
@@ -146,14 +173,18 @@ def build_vae(config: ModelConfig) -> VAE:
         raise ValueError("the conv backbone is built for 28x28 images; use backbone: mlp")
     d, r = config.latent_dim, config.attention_resolution
     latent_attention = LatentSoftmaxAttention(d) if config.variant == "latent" else None
-    spatial_map = SpatialAttentionMap(d, size=r) if config.variant == "spatial" else None
+    has_map = config.variant in SPATIAL_MAP_VARIANTS
+    spatial_map = SpatialAttentionMap(d, size=r) if has_map else None
+    # spatial: the map is an extra channel of the decoder; spatial_gate: it gates the output
+    output_gate = OutputGate(config.gate_gain) if config.variant == "spatial_gate" else None
+    map_channel = spatial_map is not None and output_gate is None
     code_dim = 2 * d if latent_attention is not None else d
     if config.backbone == "mlp":
         n_pixels = image_shape[0] * image_shape[1] * image_shape[2]
         encoder: nn.Module = MLPEncoder(
             in_features=n_pixels, hidden_dim=config.hidden_dim, latent_dim=d
         )
-        map_values = r * r if spatial_map is not None else 0
+        map_values = r * r if map_channel else 0
         decoder: nn.Module = MLPDecoder(
             in_dim=code_dim + map_values, hidden_dim=config.hidden_dim, image_shape=image_shape
         )
@@ -174,10 +205,21 @@ def build_vae(config: ModelConfig) -> VAE:
             image_channels=config.image_channels,
             attention_resolution=r,
             block=block,
-            takes_map=spatial_map is not None,
+            takes_map=map_channel,
         )
-    generator = Generator(decoder, latent_attention=latent_attention, spatial_map=spatial_map)
-    return VAE(encoder, generator, latent_dim=d, attention_loss_weight=config.attention_loss_weight)
+    generator = Generator(
+        decoder,
+        latent_attention=latent_attention,
+        spatial_map=spatial_map,
+        output_gate=output_gate,
+    )
+    return VAE(
+        encoder,
+        generator,
+        latent_dim=d,
+        attention_loss_weight=config.attention_loss_weight,
+        attention_target=config.attention_target,
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

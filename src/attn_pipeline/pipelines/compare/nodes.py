@@ -29,8 +29,24 @@ METRICS = (
     "precision",
     "recall",
     "class_coverage",
+    # the steering benchmark: only variants with an editable map have these (NaN otherwise)
+    "steer_emphasis_ink_share",
+    "steer_suppression_ink_share",
+    "steer_suppression_locality",
+    "steer_confidence_ratio",
+    "steer_class_kept",
 )
-HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_coverage"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "precision",
+        "recall",
+        "class_coverage",
+        "steer_emphasis_ink_share",
+        "steer_suppression_locality",
+        "steer_confidence_ratio",
+        "steer_class_kept",
+    }
+)
 
 
 def seeded_train_model(seed: int) -> Callable[..., Any]:
@@ -66,7 +82,7 @@ def summarise_run(
         "fid_n_samples": evaluation_info["fid_n_samples"],
         "nll_iw_k": evaluation_info["nll_iw_k"],
         "nll_iw_n_images": evaluation_info["nll_iw_n_images"],
-        **{name: float(test_metrics[f"test/{name}"]) for name in METRICS},
+        **{name: float(test_metrics.get(f"test/{name}", math.nan)) for name in METRICS},
     }
 
 
@@ -164,13 +180,24 @@ TABLES = (
             ("class_coverage", "class coverage", 1, 3),
         ],
     ),
+    (
+        "Steering by attention (variants with an editable map; 1,000 prior samples, each "
+        "half of the image emphasised x8 / suppressed x0.05)",
+        [
+            ("steer_emphasis_ink_share", "ink share, emphasised (points)", 100, 1),
+            ("steer_suppression_ink_share", "ink share, suppressed (points)", 100, 1),
+            ("steer_suppression_locality", "locality, suppressed (in/out)", 1, 2),
+            ("steer_confidence_ratio", "confidence kept", 1, 3),
+            ("steer_class_kept", "class kept", 1, 3),
+        ],
+    ),
 )
 
 
 def _cell(r: Any, metric: str, scale: float, decimals: int) -> str:
     mean, std = scale * getattr(r, f"{metric}_mean"), scale * getattr(r, f"{metric}_std")
     text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-    if r.variant == BASELINE:
+    if r.variant == BASELINE or math.isnan(getattr(r, f"{metric}_diff")):
         return text
     diff = scale * getattr(r, f"{metric}_diff")
     half = scale * getattr(r, f"{metric}_diff_ci95")
@@ -197,6 +224,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             "|---|---:|---:|---:|" + "---|" * len(columns),
         ]
         for r in table.itertuples():
+            if all(math.isnan(getattr(r, f"{metric}_mean")) for metric, *_ in columns):
+                continue  # a variant without these metrics (no map to steer)
             cells = [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in columns]
             lines.append(
                 f"| {r.variant} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} | "
@@ -207,7 +236,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines.append(
         "Each cell: mean ± standard deviation over seeds; then the difference from `none`, "
         "paired by seed, with the half-width of a 95% t interval, and the verdict it allows. "
-        "Lower is better but for precision, recall and class coverage."
+        "Lower is better but for precision, recall, class coverage and the steering figures "
+        "(where the suppressed half's ink share should fall)."
     )
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,8 @@ from attn_pipeline.metrics import (
     importance_weighted_nll,
     prior_samples,
     reconstructions,
+    steerable,
+    steering_metrics,
 )
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.pipelines.feature_extractor.nodes import load_feature_extractor
@@ -58,7 +60,9 @@ def evaluate_model(
         (:class:`ReconstructionMetrics`); the importance-weighted NLL with K samples on
         ``nll_images`` of the test images;
         the FID-proxy of N prior samples and of N reconstructions against N test images,
-        the KID-proxy, precision, recall, sample confidence and class coverage.
+        the KID-proxy, precision, recall, sample confidence and class coverage; for
+        variants with an editable map, the steering benchmark's ``steer_*``
+        (:func:`~attn_pipeline.metrics.steering_metrics`), and nothing of it for the others.
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
@@ -91,6 +95,8 @@ def evaluate_model(
         k=config.precision_recall_k,
         seed=config.seed,
     )
+    if steerable(model):
+        metrics |= steering_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
     description = {
         "feature_extractor_hash": feature_extractor["hash"],
         "feature_extractor_test_accuracy": feature_extractor["test_accuracy"],

@@ -12,8 +12,9 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
 from attn_pipeline.config import GenerateConfig, ScaleRectangleEdit
+from attn_pipeline.metrics.steering import EMPHASIS, HALVES, SUPPRESSION, half_edit
 from attn_pipeline.models import VAE, load_checkpoint
-from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle
+from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, TransplantMap
 from attn_pipeline.models.vae import AttentionEdit
 
 
@@ -134,43 +135,62 @@ def steering_edit(config: GenerateConfig) -> AttentionEdit:
 
 
 @torch.no_grad()
-def steer_samples(
-    model: VAE, z: torch.Tensor, edit: AttentionEdit
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode ``z (B, D)`` as is and with the edited spatial map.
+def steering_rows(
+    model: VAE,
+    z: torch.Tensor,
+    donors: torch.Tensor,
+    custom_edit: AttentionEdit,
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The same samples ``z (B, D)`` decoded unsteered and under each edit.
 
-    Returns: images before and after ``(B, C, H, W)``, maps before and after ``(B, 1, h, w)``.
+    Rows: unsteered; each half emphasised, each half suppressed (the steering benchmark's
+    edits); the map inferred from another image (``donors (B, C, H, W)``, one per sample)
+    transplanted; ``custom_edit``. Returns ``(label, images (B, C, H, W), maps (B, 1, h, w))`` rows.
     """
-    before = model.decode(z)
-    after = model.decode(z, edit)
-    return (
-        torch.sigmoid(before.logits),
-        torch.sigmoid(after.logits),
-        before.attention["spatial"],
-        after.attention["spatial"],
-    )
+    edits: list[tuple[str, AttentionEdit | None]] = [("unsteered", None)]
+    for kind, factor in (("emphasised", EMPHASIS), ("suppressed", SUPPRESSION)):
+        edits += [(f"{half} {kind} x{factor:g}", half_edit(half, factor)) for half in HALVES]
+    edits += [
+        ("map of a test image", TransplantMap(model.attention_map_of(donors))),
+        ("configured edit", custom_edit),
+    ]
+    rows = []
+    for label, edit in edits:
+        decoded = model.decode(z, edit)
+        rows.append((label, torch.sigmoid(decoded.logits), decoded.attention["spatial"]))
+    return rows
 
 
-def render_steering(checkpoint: dict[str, Any], config: GenerateConfig) -> Figure:
-    """The same prior samples decoded before and after the configured attention edit."""
+def render_steering(
+    checkpoint: dict[str, Any], test_set: dict[str, torch.Tensor], config: GenerateConfig
+) -> Figure:
+    """The same prior samples under every steering edit, each image beside its map.
+
+    One row per edit (see :func:`steering_rows`); ``n_steered`` samples per row, each as
+    its image and the map the generator decoded it with. The donors of the transplanted
+    maps are test images, shown above the grid.
+    """
     model, model_config = load_checkpoint(checkpoint)
     noise = torch.Generator().manual_seed(config.seed)
     z = torch.randn(config.n_steered, model_config.latent_dim, generator=noise)
-    before, after, map_before, map_after = steer_samples(model, z, steering_edit(config))
-    rows = [
-        ("map", map_before),
-        ("sample", before),
-        ("edited map", map_after),
-        ("steered sample", after),
-    ]
-    figure = Figure(figsize=(0.9 * len(z), 0.95 * len(rows) + 0.4), layout="constrained")
-    axes = figure.subplots(len(rows), len(z), squeeze=False)
-    for r, (label, values) in enumerate(rows):
-        for c in range(len(z)):
-            cmap, vmax = ("inferno", None) if "map" in label else ("gray", 1)
-            axes[r, c].imshow(values[c, 0], cmap=cmap, vmin=0, vmax=vmax)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=7)
-    figure.suptitle(f"{model_config.variant}: steering by attention, {config.steering}", fontsize=8)
+    images = test_set["images"]
+    donors = images[torch.randperm(len(images), generator=noise)[: config.n_steered]]
+    rows = [("test images (map donors)", donors, model.attention_map_of(donors).detach())]
+    rows += steering_rows(model, z, donors, steering_edit(config))
+    n = len(z)
+    figure = Figure(figsize=(0.62 * 2 * n + 1.2, 0.66 * len(rows) + 0.5), layout="constrained")
+    axes = figure.subplots(len(rows), 2 * n, squeeze=False)
+    for r, (label, values, maps) in enumerate(rows):
+        for c in range(n):
+            axes[r, 2 * c].imshow(values[c, 0], cmap="gray", vmin=0, vmax=1)
+            axes[r, 2 * c + 1].imshow(maps[c, 0], cmap="inferno", vmin=0)
+        axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(
+        f"{model_config.variant}: the same prior samples under attention edits "
+        f"(each image beside its map); configured edit: {config.steering}",
+        fontsize=8,
+    )
     return figure

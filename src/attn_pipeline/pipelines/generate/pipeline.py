@@ -26,7 +26,7 @@ def variant_template(steerable: bool = False) -> Pipeline:
         nodes.append(
             Node(
                 render_steering,
-                inputs=["checkpoint", "params:generate"],
+                inputs=["checkpoint", "test_set", "params:generate"],
                 outputs="steering",
                 name="render_steering",
             )
