@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from attn_pipeline import fetch_data
+from attn_pipeline.datasets import IDXDataset
+from attn_pipeline.datasets.idx_dataset import IDXFormatError
 from attn_pipeline.fetch_data import DataSource, FetchError, RawFile, fetch
 from tests.conftest import RAW_NAMES, write_raw_dataset
 
@@ -106,3 +108,35 @@ def test_cli_exit_code(tiny_source: Path, tmp_path: Path) -> None:
         fetch_data.main(["tiny", "--dest", str(tmp_path / "d"), "--local-dir", str(tiny_source)])
         == 0
     )
+
+
+def _corrupt_deflate(path: Path) -> None:
+    """Keep the gzip header valid, make the deflate stream unreadable (a reserved block
+    type): the kind of damage a half-copied or bit-rotted file has."""
+    data = bytearray(path.read_bytes())
+    data[10:20] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_deflate_stream_is_named_with_its_fix(raw_folder: Path) -> None:
+    path = raw_folder / RAW_NAMES["train_images"]
+    _corrupt_deflate(path)
+    dataset = IDXDataset(filepath=str(path))
+    for read in (dataset.item_count, dataset.load):  # the pre-run check and the load
+        with pytest.raises(Exception) as info:
+            read()
+        error = info.value if isinstance(info.value, IDXFormatError) else info.value.__cause__
+        assert isinstance(error, IDXFormatError), repr(info.value)
+        assert str(path) in str(error) and f"attn-fetch-data {raw_folder.name} --force" in str(
+            error
+        )
+
+
+def test_fetch_replaces_a_corrupt_file_from_a_good_source(
+    tiny_source: Path, tmp_path: Path
+) -> None:
+    dest = fetch("tiny", tmp_path / "data", local_dir=tiny_source)
+    damaged = dest / RAW_NAMES["test_images"]
+    _corrupt_deflate(damaged)
+    fetch("tiny", tmp_path / "data", local_dir=tiny_source)  # no zlib.error: replaced
+    assert damaged.read_bytes() == (tiny_source / RAW_NAMES["test_images"]).read_bytes()

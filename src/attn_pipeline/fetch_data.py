@@ -22,6 +22,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _verified_gz(data: bytes, spec: RawFile) -> bytes | None:
     if data[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(data)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):  # a damaged copy: replaced, not read
             return None
         return data if _md5(raw) == spec.raw_md5 else None
     return gzip.compress(data, mtime=0) if _md5(data) == spec.raw_md5 else None

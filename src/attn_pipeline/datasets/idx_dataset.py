@@ -97,11 +97,22 @@ def read_idx_file(path: Path) -> np.ndarray:
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise IDXFormatError(
-                f"{path}: corrupt or truncated gzip stream ({exc}); fetch it again."
-            ) from exc
+        except _GZIP_ERRORS as exc:
+            raise _corrupt_gzip(path, exc) from exc
     return parse_idx(raw, source=str(path))
+
+
+#: What a damaged gzip stream raises: a bad header, a truncated file, a corrupt deflate block.
+_GZIP_ERRORS = (EOFError, OSError, zlib.error)
+
+
+def _corrupt_gzip(path: Path, exc: Exception) -> IDXFormatError:
+    """The one message for an unreadable ``.gz``: the file, the cause and the fix."""
+    dataset = path.parent.name
+    return IDXFormatError(
+        f"{path}: corrupt or truncated gzip stream ({exc}). Fix: `attn-fetch-data {dataset} "
+        f"--force` replaces it (offline: `attn-fetch-data {dataset} --force --local-dir DIR`)."
+    )
 
 
 class IDXDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -157,8 +168,11 @@ class IDXDataset(AbstractDataset[np.ndarray, np.ndarray]):
         with open(path, "rb") as f:
             compressed = f.read(2) == _GZIP_MAGIC
         opener = gzip.open if compressed else open
-        with opener(path, "rb") as f:
-            header = f.read(8)
+        try:
+            with opener(path, "rb") as f:
+                header = f.read(8)
+        except _GZIP_ERRORS as exc:
+            raise _corrupt_gzip(path, exc) from exc
         if len(header) < 8 or header[:2] != b"\x00\x00":
             raise IDXFormatError(f"{path}: not an IDX file (bad header {header[:4].hex()})")
         return struct.unpack(">I", header[4:8])[0]
