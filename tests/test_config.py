@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from attn_pipeline.config import ConfigError, DataPrepConfig, ModelConfig, TrainConfig
+from attn_pipeline.config import (
+    ConfigError,
+    DataPrepConfig,
+    EvaluateConfig,
+    FeatureExtractorConfig,
+    GenerateConfig,
+    ModelConfig,
+    StudyConfig,
+    TrainConfig,
+)
+from attn_pipeline.pipeline_registry import load_parameters
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_unknown_variant_lists_the_allowed_ones() -> None:
@@ -41,3 +55,23 @@ def test_batch_larger_than_the_data_names_the_fix() -> None:
 def test_validation_split_must_leave_training_images() -> None:
     with pytest.raises(ValidationError, match="val_size"):
         DataPrepConfig(val_size=100, subset_size=100)
+
+
+BLOCKS = {
+    "data_prep": DataPrepConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "feature_extractor": FeatureExtractorConfig,
+    "generate": GenerateConfig,
+    "study": StudyConfig,
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_code_defaults_and_the_base_parameters_files_agree(block: str) -> None:
+    """One truth: every key of a block is in conf/base with the code's default value, so a
+    partial override can never fall back to a different default."""
+    base = load_parameters(PROJECT_ROOT / "conf", env="base")[block]
+    defaults = BLOCKS[block]().model_dump(mode="json")
+    assert set(base) == set(defaults)
+    assert BLOCKS[block].model_validate(base).model_dump(mode="json") == defaults

@@ -18,7 +18,7 @@ from attn_pipeline.models import (
     make_checkpoint,
 )
 from attn_pipeline.models.backbones import SubPixelConvTranspose2d
-from attn_pipeline.training import fit
+from attn_pipeline.training import TrainingDivergedError, fit
 from tests.conftest import digit_like_images
 
 VARIANTS = ["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
@@ -169,3 +169,17 @@ def test_sub_pixel_transposed_conv_matches_torchs_transposed_conv() -> None:
         expected_grads = torch.autograd.grad(expected.square().sum(), [x, reference.weight])
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_diverging_training_stops_at_the_first_non_finite_loss(batch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = build_vae(_config("none"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(epochs=3, batch_size=16, learning_rate=1e6)
+    with pytest.raises(
+        TrainingDivergedError, match=r"none at epoch 1, batch \d+ of 4 .*learning_rate = 1000000.0"
+    ):
+        fit(model, batch, None, config, show_progress=False, name="none")
+    # the step that produced it was refused: every weight that reached the optimizer is finite
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

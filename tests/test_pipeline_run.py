@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -296,4 +297,50 @@ def test_an_environment_that_reshapes_the_pipelines_needs_kedro_env(
     with pytest.raises(ConfigError, match=r"change variants.*KEDRO_ENV=one_variant kedro run"):
         _run(default_run, tracking_uri, monkeypatch, TINY_RUN, env="one_variant")
     assert checkpoint.read_bytes() == before
+    assert mlflow.active_run() is None
+
+
+def test_a_diverging_run_fails_with_a_clear_error_and_logs_no_nan(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = [
+        default_run / "data" / folder / variant / name
+        for variant in ("none", "latent")
+        for folder, name in (("08_reporting", "test_metrics.json"), ("06_models", "model.pt"))
+    ]
+    before = [path.read_bytes() for path in saved]
+    diverging = {**TINY_RUN, "train": {"epochs": 2, "batch_size": 50, "learning_rate": 1e6}}
+    with pytest.raises(Exception, match=r"diverged.*learning_rate = 1000000.0 is too high"):
+        _run(default_run, tracking_uri, monkeypatch, diverging)
+    assert [path.read_bytes() for path in saved] == before  # nothing overwritten
+    assert mlflow.active_run() is None
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FAILED"
+    # the first variant trained stops the run: its child run failed, no other was opened
+    assert [r.info.status for r in children] == ["FAILED"]
+    for run in [parent, *children]:
+        assert all(math.isfinite(v) for v in run.data.metrics.values())
+
+
+def test_a_partial_block_in_an_environment_merges_into_base(project: Path) -> None:
+    """`train: {batch_size: 64}` in an environment changes that key only: epochs stays
+    base's 8, not the code's default nor nothing."""
+    env = project / "conf" / "partial"
+    env.mkdir(exist_ok=True)
+    (env / "parameters.yml").write_text("train:\n  batch_size: 64\n")
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="partial") as session:
+        train = session.load_context().params["train"]  # Kedro gives the typed config
+    assert (train.batch_size, train.epochs, train.learning_rate) == (64, 8, 1e-3)
+
+
+def test_a_misspelt_top_level_param_is_refused_with_the_nearest_name(
+    project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"'trian' \(did you mean 'train'\?\)"):
+        _run(project, tracking_uri, monkeypatch, {"trian": {"epochs": 1}})
     assert mlflow.active_run() is None

@@ -103,7 +103,7 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     """The optimisation budget, shared by every variant (``params:train``)."""
 
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 8
     batch_size: PositiveInt = 128
     learning_rate: float = Field(1e-3, gt=0)
     beta: float = Field(1.0, ge=0, description="weight of the KL term")
@@ -152,7 +152,7 @@ class FeatureExtractorConfig(_Config):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     min_test_accuracy: float = Field(
-        0.0, ge=0, le=1, description="warn when the trained extractor scores below this"
+        0.99, ge=0, le=1, description="warn when the trained extractor scores below this"
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -40,6 +42,22 @@ def check_pipeline_plan(session_params: dict[str, Any], env: str | None) -> None
         )
 
 
+def check_runtime_params(runtime_params: dict[str, Any], known: Collection[str]) -> None:
+    """Refuse ``--params`` whose top-level key no parameters file has: a typo would
+    otherwise be ignored in silence (keys inside a block are checked by the typed configs)."""
+    unknown = sorted(set(runtime_params) - set(known))
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        nearest = difflib.get_close_matches(key, list(known), n=1)
+        described.append(f"'{key}'" + (f" (did you mean '{nearest[0]}'?)" if nearest else ""))
+    raise ConfigError(
+        f"--params names {', '.join(described)}, which no parameters file has; the "
+        f"top-level parameters are {sorted(known)}. Fix the name and run again."
+    )
+
+
 class RunPlanCheckHook:
     """Fail fast when the training budget cannot work with the data the run will have.
 
@@ -50,11 +68,13 @@ class RunPlanCheckHook:
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
+        self._runtime_params: dict[str, Any] = {}
         self._env: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
+        self._runtime_params = dict(context.config_loader.runtime_params or {})
         self._env = context.env
 
     def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
@@ -76,6 +96,7 @@ class RunPlanCheckHook:
     def before_pipeline_run(
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
+        check_runtime_params(self._runtime_params, load_parameters(env=self._env))
         # only the per-variant (namespaced) nodes depend on the lists the plan is built from
         if any(node.namespace for node in pipeline.nodes):
             check_pipeline_plan(self._params, self._env)

@@ -31,10 +31,11 @@ from attn_pipeline.pipelines import (
 def load_parameters(conf_source: Path | None = None, env: str | None = None) -> dict[str, Any]:
     """The project's parameters files, base overlaid by ``env`` (``KEDRO_ENV``, else local).
 
-    Read as plain YAML, top-level keys of the environment replacing base's, as Kedro merges
-    them. Not through a second ``OmegaConfigLoader``: creating one re-registers the
-    ``globals`` resolver for every loader, so the session's catalog would then resolve
-    ``${globals:dataset}`` from base and ``--env fashion_mnist`` would read MNIST's files.
+    Read as plain YAML, the environment's blocks merged into base's key by key, as Kedro
+    merges them (``merge_strategy: soft`` in settings.py). Not through a second
+    ``OmegaConfigLoader``: creating one re-registers the ``globals`` resolver for every
+    loader, so the session's catalog would then resolve ``${globals:dataset}`` from base
+    and ``--env fashion_mnist`` would read MNIST's files.
     Interpolations are left unresolved; the lists and model blocks read here have none.
     """
     conf_source = conf_source or Path.cwd() / settings.CONF_SOURCE
@@ -46,7 +47,18 @@ def load_parameters(conf_source: Path | None = None, env: str | None = None) -> 
     merged: dict[str, Any] = {}
     for folder in (settings.CONFIG_LOADER_ARGS["base_env"], env):
         for path in sorted((conf_source / folder).glob("**/parameters*.yml")):
-            merged.update(yaml.safe_load(path.read_text()) or {})
+            merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``: nested dicts key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 

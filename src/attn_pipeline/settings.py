@@ -18,6 +18,9 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment's `train: {batch_size: 64}` changes that key and keeps base's others
+    # (the default, "destructive", would replace base's whole `train` block).
+    "merge_strategy": {"parameters": "soft"},
     # Lets mlflow.yml read MLFLOW_TRACKING_URI (Kedro allows oc.env only in credentials).
     "custom_resolvers": {"oc.env": oc.env},
     # kedro-mlflow adds this pattern itself, but only after the project's hooks have run.

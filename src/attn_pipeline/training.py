@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attn_pipeline.config import TrainConfig
-from attn_pipeline.losses import training_objective, vae_loss_terms
+from attn_pipeline.losses import LossTerms, training_objective, vae_loss_terms
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import VAE
 
@@ -40,6 +40,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class TrainingDivergedError(RuntimeError):
+    """A loss or gradient stopped being finite: training cannot go on from there."""
+
+
+def _check_finite(value: torch.Tensor, what: str, where: str, config: TrainConfig) -> None:
+    """Raise :class:`TrainingDivergedError` naming ``where`` and the likely cause."""
+    if bool(torch.isfinite(value)):
+        return
+    raise TrainingDivergedError(
+        f"training of {where} diverged: the {what} is {float(value)}. Likely cause: "
+        f"train.learning_rate = {config.learning_rate} is too high (1e-3 trains every "
+        f"variant here), or the KL weight train.beta = {config.beta} is extreme. Nothing of "
+        "this run was saved or logged as a result; lower the learning rate and run again."
+    )
+
+
+def _step(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    *,
+    beta: float,
+    where: str,
+    config: TrainConfig,
+) -> LossTerms:
+    """One optimisation step on the batch ``x``; refuses a non-finite loss or gradient
+    before the optimizer applies it."""
+    weight = model.attention_loss_weight
+    terms = vae_loss_terms(
+        model(x), x, with_attention=weight > 0, attention_target=model.attention_target
+    )
+    loss = training_objective(terms, beta=beta, attention_weight=weight)
+    _check_finite(loss.detach(), "loss", where, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # the total gradient norm (max_norm infinite: nothing is clipped)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    _check_finite(grad_norm, "gradient norm", where, config)
+    optimizer.step()
+    return terms
+
+
 def kl_weight(config: TrainConfig, epoch: int) -> float:
     """``beta``, ramped linearly over the first ``kl_warmup_epochs`` epochs (1-based)."""
     if config.kl_warmup_epochs == 0:
@@ -65,6 +107,7 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     show_progress: bool | None = None,
     binarize: bool = False,
+    name: str = "the model",
 ) -> TrainingResult:
     """Train ``model`` with Adam on ``train_images (N, C, H, W)`` in [0, 1].
 
@@ -74,6 +117,9 @@ def fit(
     Batches are drawn by indexing the in-memory tensor with a seeded permutation (a
     DataLoader's per-item collation costs more than the model on MNIST-sized data).
     ``show_progress`` defaults to a progress bar only when stderr is a terminal.
+
+    Raises :class:`TrainingDivergedError` at the first non-finite loss or gradient norm,
+    naming ``name``, the epoch and the batch, before the optimizer applies it.
     """
     config.check_fits(len(train_images))
     device = resolve_device(config.device)
@@ -117,17 +163,12 @@ def fit(
             leave=False,
             disable=not show_progress,
         )
-        for start in bar:
+        for batch, start in enumerate(bar, start=1):
             x = train_images[permutation[start : start + config.batch_size]]
             if binarize:
                 x = torch.bernoulli(x)
-            terms = vae_loss_terms(
-                model(x), x, with_attention=weight > 0, attention_target=model.attention_target
-            )
-            loss = training_objective(terms, beta=beta, attention_weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            where = f"{name} at epoch {epoch}, batch {batch} of {n_batches}"
+            terms = _step(model, optimizer, x, beta=beta, where=where, config=config)
             with torch.no_grad():
                 attention = (
                     terms.attention.sum() if terms.attention is not None else x.new_zeros(())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -68,7 +69,7 @@ def evaluate_model(
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
-    model, _ = load_checkpoint(checkpoint)
+    model, model_config = load_checkpoint(checkpoint)
     # channels_last weights let oneDNN pick faster conv kernels: the K decodes per image
     # of the importance-weighted NLL take about half the time (a no-op for the MLP)
     model.to(device, memory_format=torch.channels_last)
@@ -85,22 +86,44 @@ def evaluate_model(
         device, memory_format=torch.channels_last
     )
     n = min(config.n_samples, len(test_set["images"]))
+    kid_subset_size = min(config.kid_subset_size, n)  # what kernel_distance can draw
+    for key, asked, used in (
+        ("n_samples", config.n_samples, n),
+        ("kid_subset_size", config.kid_subset_size, kid_subset_size),
+    ):
+        if used < asked:
+            logger.warning(
+                "evaluate.%s is %d but the test set has %d images: %d used (recorded as "
+                "the run's tags); figures from runs with other sizes do not compare",
+                key,
+                asked,
+                len(test_set["images"]),
+                used,
+            )
     real_images = test_set["images"][:n]  # grey levels: the data the samples should match
     metrics |= generation_metrics(
         real=classifier_view(extractor, real_images),
         samples=classifier_view(extractor, prior_samples(model, n, seed=config.seed)),
         recon=classifier_view(extractor, reconstructions(model, real_images)),
         kid_subsets=config.kid_subsets,
-        kid_subset_size=config.kid_subset_size,
+        kid_subset_size=kid_subset_size,
         k=config.precision_recall_k,
         seed=config.seed,
     )
     if steerable(model):
         metrics |= steering_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
+    not_finite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if not_finite:
+        raise ValueError(
+            f"evaluation of variant '{model_config.variant}' gave non-finite test metrics "
+            f"{not_finite}: the model's outputs are not finite (a diverged training?). "
+            "Nothing was written; retrain it with a lower train.learning_rate."
+        )
     description = {
         "feature_extractor_hash": feature_extractor["hash"],
         "feature_extractor_test_accuracy": feature_extractor["test_accuracy"],
         "fid_n_samples": n,
+        "kid_subset_size": kid_subset_size,
         "nll_iw_k": config.nll_samples,
         "nll_iw_n_images": len(nll_images),
         "nll_iw_likelihood": LIKELIHOODS[is_binarized(test_set)],

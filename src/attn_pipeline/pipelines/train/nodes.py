@@ -38,6 +38,7 @@ def train_model(
         train_config,
         on_epoch_end=log_epoch_metrics,
         binarize=is_binarized(train_set),
+        name=f"variant '{model_config.variant}' (seed {train_config.seed})",
     )
     n_parameters = count_parameters(model)
     meta = {"n_parameters": n_parameters, "train_config": train_config.model_dump(mode="json")}
