@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
 from attn_pipeline.pipeline_registry import load_parameters, pipeline_plan
+from attn_pipeline.run_guard import ProjectRunLock
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +72,14 @@ class RunPlanCheckHook:
         self._params: dict[str, Any] = {}
         self._runtime_params: dict[str, Any] = {}
         self._env: str | None = None
+        self._lock: ProjectRunLock | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
         self._runtime_params = dict(context.config_loader.runtime_params or {})
         self._env = context.env
+        self._lock = ProjectRunLock(Path(context.project_path))
 
     def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
         if "train_set" in pipeline.all_outputs():
@@ -100,6 +104,21 @@ class RunPlanCheckHook:
         # only the per-variant (namespaced) nodes depend on the lists the plan is built from
         if any(node.namespace for node in pipeline.nodes):
             check_pipeline_plan(self._params, self._env)
+        self._check_budget(pipeline, catalog)
+        if self._lock is not None:  # last: a refused run holds nothing
+            self._lock.acquire()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def _check_budget(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
         if not any(node.name.endswith("train_model") for node in pipeline.nodes):
             return
         train = TrainConfig.model_validate(self._params.get("train", {}))

@@ -30,6 +30,8 @@ from kedro.pipeline import Node
 from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
 
+from attn_pipeline.run_guard import prepare_tracking_store
+
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "variant_run"
@@ -74,13 +76,6 @@ def log_sampler_model(sampler: torch.nn.Module) -> None:
     )
 
 
-def ensure_sqlite_folder(tracking_uri: str, project_path: Path) -> None:
-    """Create the folder of a relative ``sqlite:///dir/file.db`` store (SQLite will not)."""
-    prefix = "sqlite:///"
-    if tracking_uri.startswith(prefix) and not tracking_uri.startswith(prefix + "/"):
-        (project_path / tracking_uri.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
-
-
 def _git_commit(path: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -101,7 +96,8 @@ class VariantRunsHook:
         self._runs: dict[str, str] = {}  # namespace -> run id
         self._activated: set[str] = set()  # nodes whose run this hook opened
 
-    # tryfirst: the store's folder must exist before kedro-mlflow opens the store.
+    # tryfirst: the store must exist, created and migrated under a lock, before
+    # kedro-mlflow opens it (several runs may start at once on a new store).
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
@@ -112,7 +108,7 @@ class VariantRunsHook:
         except (KeyError, TypeError, MissingConfigException):
             uri = None
         if uri:
-            ensure_sqlite_folder(str(uri), self._project_path)
+            prepare_tracking_store(str(uri), self._project_path)
 
     @hook_impl
     def after_catalog_created(self, catalog: CatalogProtocol) -> None:

@@ -1,0 +1,102 @@
+"""What lets several runs share a machine: a tracking store created once, under a lock, and
+one run at a time per project folder.
+
+Both use ``fcntl.flock`` on a lock file: the kernel releases it when the process ends, however
+it ends (SIGKILL included), so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import mlflow
+
+logger = logging.getLogger(__name__)
+
+_SQLITE = "sqlite:///"
+
+
+class ProjectBusyError(RuntimeError):
+    """Another run is using this project folder's outputs."""
+
+
+def sqlite_path(tracking_uri: str, project_path: Path) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the project), else None."""
+    if not tracking_uri.startswith(_SQLITE):
+        return None
+    path = Path(tracking_uri.removeprefix(_SQLITE))
+    return path if path.is_absolute() else project_path / path
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[IO[str]]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_tracking_store(tracking_uri: str, project_path: Path) -> None:
+    """Create and migrate a local SQLite tracking store once, before any run opens it.
+
+    MLflow creates and migrates a new SQLite store on first use, without a lock: two
+    processes that open a new store at once both migrate it, one or both fail, and the store
+    can be left half-migrated for every later run. Here the first process does it under a
+    file lock beside the database and the others wait, then find it ready. Other stores (a
+    tracking server, a database server) handle their own concurrency: nothing to do.
+    """
+    database = sqlite_path(tracking_uri, project_path)
+    if database is None:
+        return
+    with _exclusive(database.with_name(database.name + ".lock")):
+        # any query makes MLflow create and migrate the schema (a no-op once it is current)
+        mlflow.MlflowClient(f"{_SQLITE}{database}").search_experiments(max_results=1)
+
+
+class ProjectRunLock:
+    """Hold this project folder for one run: a second run started in the same folder while
+    the first is running is refused at once, instead of reading the first one's files."""
+
+    def __init__(self, project_path: Path) -> None:
+        self.path = project_path / "data" / ".run.lock"
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        # a lock still held by this process is a previous run's that ended without its
+        # release hook (Kedro calls none when a before_pipeline_run hook fails): reuse it
+        self.release()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 (held for the run, closed in release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ProjectBusyError(
+                f"another kedro run ({holder}) is using this project folder "
+                f"({self.path.parent.parent}): two runs here would read and overwrite each "
+                "other's checkpoints and reports. Wait for it to finish, or run from a copy "
+                "of the project (git worktree add ../copy), which has its own data/ folder."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None

@@ -1,0 +1,147 @@
+"""Runs side by side: a new tracking store opened by several processes at once, and a
+second run in a project folder that is in use. Real processes, real SQLite stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock
+from tests.conftest import write_raw_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _start_together(script: str, args: list[list[str]], cwd: Path) -> list[subprocess.Popen]:
+    """Start one process per argument list; each waits for a shared start time."""
+    start = str(time.time() + 8)  # past every interpreter's import time
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", script, start, *a],
+            cwd=cwd,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for a in args
+    ]
+
+
+def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
+    """Without the lock, MLflow's schema migration races: most of the four fail and the
+    store can be left half-migrated."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        import mlflow
+        from attn_pipeline.run_guard import prepare_tracking_store
+        start, uri, name = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+        while time.time() < start:
+            pass
+        prepare_tracking_store(uri, Path.cwd())
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("shared")
+        with mlflow.start_run(run_name=name):
+            mlflow.log_metric("x", 1.0)
+        """
+    )
+    processes = _start_together(script, [[uri, f"run{i}"] for i in range(4)], tmp_path)
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        (f"run{i}", "FINISHED") for i in range(4)
+    ]
+
+
+def test_a_second_run_in_a_busy_project_folder_is_refused(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\n"
+            "from attn_pipeline.run_guard import ProjectRunLock\n"
+            "lock = ProjectRunLock(Path(sys.argv[1]))\nlock.acquire()\nprint('held', flush=True)\n"
+            "time.sleep(120)\n",
+            str(tmp_path),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ProjectBusyError, match=rf"pid {holder.pid}.*git worktree add"):
+            ProjectRunLock(tmp_path).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    lock = ProjectRunLock(tmp_path)  # the kernel freed a killed run's lock: no stale lock
+    lock.acquire()
+    lock.release()
+
+
+def _project_copy(root: Path) -> Path:
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()
+    write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=120, n_test=20)
+    return root
+
+
+def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
+    """Four small `kedro run`s (four project folders, one brand-new store): every parent and
+    child run FINISHED, and the store still usable afterwards."""
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    projects = [_project_copy(tmp_path / f"p{i}") for i in range(4)]
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    script = textwrap.dedent(
+        """
+        import os, subprocess, sys, time
+        start, kedro, uri = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+        while time.time() < start:
+            time.sleep(0.01)
+        params = "data_prep.val_size=20,train.epochs=1,train.batch_size=50"
+        sys.exit(subprocess.run(
+            [kedro, "run", "--pipelines", "data_prep,train", "--params", params],
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        ).returncode)
+        """
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(time.time() + 8), kedro, uri],
+            cwd=project,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for project in projects
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, [o[-2000:] for o in outputs]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("attn_pipeline_mnist").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 4 and len(children) == 8  # none and latent under each parent
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    after = client.create_run(parents[0].info.experiment_id)
+    client.log_metric(after.info.run_id, "store_still_usable", 1.0)
+    assert client.get_run(after.info.run_id).data.metrics["store_still_usable"] == 1.0
