@@ -107,11 +107,17 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     )
     assert 0.5 <= extractor["test_accuracy"] <= 1 and len(extractor["hash"]) == 16
     runs = _variant_runs(tracking_uri)
-    assert set(runs) == {"none", "latent"}
+    assert set(runs) == {"none", "spatial_gate"}
     parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
     assert len(parents) == 1
-    names = [set(run.data.metrics) for run in runs.values()]
-    assert names[0] == names[1]
+    # the same names, but for what only a variant with a spatial map has
+    only_steerable = {"train/attention_loss"} | {
+        name for name in runs["spatial_gate"].data.metrics if name.startswith("test/steer_")
+    }
+    assert set(runs["none"].data.metrics) == set(runs["spatial_gate"].data.metrics) - (
+        only_steerable
+    )
+    assert "test/steer_suppression_ink_share" in only_steerable
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert {"test/neg_elbo", "test/recon_bce", "test/mse", "test/kl"} <= set(run.data.metrics)
@@ -148,6 +154,7 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
         metrics = json.loads((reports / "test_metrics.json").read_text())
         assert metrics["test/neg_elbo"] == pytest.approx(run.data.metrics["test/neg_elbo"])
         assert len(list((default_run / "data/06_models" / name / "epochs").glob("epoch_*.pt"))) == 2
+        assert ("steering.png" in artifacts) == (name == "spatial_gate")
     table = (default_run / "data" / "08_reporting" / "test_metrics.csv").read_text()
     assert table.splitlines()[0].startswith("variant,neg_elbo")
 
@@ -155,7 +162,7 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
 def test_logged_model_reloads_in_a_fresh_process_and_generates(
     default_run: Path, tracking_uri: str
 ) -> None:
-    run_id = _variant_runs(tracking_uri)["latent"].info.run_id
+    run_id = _variant_runs(tracking_uri)["spatial_gate"].info.run_id  # the gate exports too
     script = (
         "import mlflow, torch, sys\n"
         f"mlflow.set_tracking_uri({tracking_uri!r})\n"
@@ -195,14 +202,14 @@ def test_train_pipeline_runs_on_its_own(
 def test_bad_config_stops_the_run_before_any_node(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = default_run / "data" / "06_models" / "latent" / "model.pt"
+    checkpoint = default_run / "data" / "06_models" / "spatial_gate" / "model.pt"
     before = checkpoint.read_bytes()
-    with pytest.raises(Exception, match="(?s)latent.model.*Input should be 'none', 'latent'"):
+    with pytest.raises(Exception, match="(?s)spatial_gate.model.*Input should be 'none', 'latent'"):
         _run(
             default_run,
             tracking_uri,
             monkeypatch,
-            {**TINY_RUN, "latent": {"model": {"variant": "bogus"}}},
+            {**TINY_RUN, "spatial_gate": {"model": {"variant": "bogus"}}},
         )
     with pytest.raises(Exception, match="batch_size is 5000"):
         _run(default_run, tracking_uri, monkeypatch, {"train": {"batch_size": 5000}})
@@ -305,7 +312,7 @@ def test_a_diverging_run_fails_with_a_clear_error_and_logs_no_nan(
 ) -> None:
     saved = [
         default_run / "data" / folder / variant / name
-        for variant in ("none", "latent")
+        for variant in ("none", "spatial_gate")
         for folder, name in (("08_reporting", "test_metrics.json"), ("06_models", "model.pt"))
     ]
     before = [path.read_bytes() for path in saved]

@@ -140,7 +140,7 @@ def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
     runs = client.search_runs([client.get_experiment_by_name("attn_pipeline_mnist").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 4 and len(children) == 8  # none and latent under each parent
+    assert len(parents) == 4 and len(children) == 8  # none and spatial_gate under each
     assert {r.info.status for r in runs} == {"FINISHED"}
     after = client.create_run(parents[0].info.experiment_id)
     client.log_metric(after.info.run_id, "store_still_usable", 1.0)

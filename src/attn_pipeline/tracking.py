@@ -17,7 +17,11 @@ because they must reach MLflow while training runs.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,9 @@ from attn_pipeline.run_guard import prepare_tracking_store
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "variant_run"
+#: Tags that say which process owns a run, so that a later run can tell a run left RUNNING
+#: by a killed process from one that is still going.
+PID_TAG, HOST_TAG = "attn_pipeline.pid", "attn_pipeline.host"
 _KINDS = ("artifact", "metrics", "params", "tags", "model")
 
 
@@ -76,6 +83,47 @@ def log_sampler_model(sampler: torch.nn.Module) -> None:
     )
 
 
+def _owner_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def end_open_runs(status: str = "KILLED") -> None:
+    """End every run this process has open (children first, then the parent)."""
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status)
+
+
+def mark_orphaned_runs_killed(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of this project left RUNNING on this host by a process that is
+    gone (SIGKILL, a crash): they would otherwise stay RUNNING forever. Runs without this
+    project's owner tags, or whose process still runs, are left alone. Returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+    )
+    ended = []
+    for run in running:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        logger.warning("marked %d run(s) KILLED, left RUNNING by a killed process", len(ended))
+    return ended
+
+
 def _git_commit(path: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -95,6 +143,7 @@ class VariantRunsHook:
         self._project_path = Path.cwd()
         self._runs: dict[str, str] = {}  # namespace -> run id
         self._activated: set[str] = set()  # nodes whose run this hook opened
+        self._previous_handlers: dict[int, Any] = {}
 
     # tryfirst: the store must exist, created and migrated under a lock, before
     # kedro-mlflow opens it (several runs may start at once on a new store).
@@ -115,7 +164,11 @@ class VariantRunsHook:
         self._catalog = catalog
 
     def _tags(self, namespace: str) -> dict[str, str]:
-        tags = {"namespace": namespace, "dataset": str(self._params.get("dataset", ""))}
+        tags = {
+            "namespace": namespace,
+            "dataset": str(self._params.get("dataset", "")),
+            **_owner_tags(),
+        }
         commit = _git_commit(self._project_path)
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -129,6 +182,44 @@ class VariantRunsHook:
             run = mlflow.start_run(run_name=namespace, nested=True, tags=self._tags(namespace))
             self._runs[namespace] = run.info.run_id
             logger.info("MLflow run '%s' (%s) opened", namespace, run.info.run_id)
+
+    # trylast: after kedro-mlflow has opened the parent run.
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self) -> None:
+        parent = mlflow.active_run()
+        if parent is None:
+            return  # tracking off for this pipeline
+        mlflow.set_tags(_owner_tags())
+        mark_orphaned_runs_killed(parent.info.experiment_id)
+        self._install_signal_handlers()
+
+    def _install_signal_handlers(self) -> None:
+        """On SIGINT (Ctrl-C) or SIGTERM, end the open runs as KILLED, then stop as Python
+        does on Ctrl-C. Left alone, MLflow's exit handler would mark them FINISHED."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+
+        def interrupted(signum: int, frame: Any) -> None:
+            logger.error("%s: ending the open MLflow runs as KILLED", signal.strsignal(signum))
+            self._activated.clear()
+            end_open_runs("KILLED")
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[signum] = signal.signal(signum, interrupted)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._restore_signal_handlers()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._restore_signal_handlers()
 
     # trylast: kedro-mlflow re-activates its own run in before_node_run, which fails if a
     # nested run is already active, so this hook must come after it.

@@ -1,0 +1,95 @@
+"""Honest MLflow run states: a `kedro run` interrupted (SIGINT, SIGTERM) ends its runs
+KILLED, never FINISHED; runs left RUNNING by a SIGKILLed process are marked KILLED by the
+next run. Real `kedro run` processes on tiny data, a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.test_run_guard import _project_copy
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+LONG_TRAINING = "data_prep.val_size=20,train.epochs=500,train.batch_size=50"
+
+
+def _start(project: Path, uri: str, params: str) -> subprocess.Popen:
+    def restore_sigint() -> None:  # a background child of a non-interactive shell ignores it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        [KEDRO, "run", "--pipelines", "data_prep,train", "--params", params],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=restore_sigint,  # noqa: PLW1509 (no threads in the test process use it)
+    )
+
+
+def _runs(uri: str) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def _wait_for_training(uri: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Until a variant's run has logged an epoch (training is under way)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        try:
+            if any("train/loss" in r.data.metrics for r in _runs(uri)):
+                return
+        except Exception:  # noqa: BLE001 (the store may not exist yet)
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail("training never started")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_ends_killed(tmp_path: Path, signum: int) -> None:
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    project = _project_copy(tmp_path / "project")
+    process = _start(project, uri, LONG_TRAINING)
+    _wait_for_training(uri, process)
+    process.send_signal(signum)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0
+    runs = _runs(uri)
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
+    assert any("mlflow.parentRunId" in r.data.tags for r in runs)  # children, and the parent
+    assert any("mlflow.parentRunId" not in r.data.tags for r in runs)
+
+
+def test_runs_left_running_by_a_killed_process_are_marked_killed_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    project = _project_copy(tmp_path / "project")
+    process = _start(project, uri, LONG_TRAINING)
+    _wait_for_training(uri, process)
+    process.kill()
+    process.wait(timeout=60)
+    orphaned = {r.info.run_id for r in _runs(uri)}
+    assert {r.info.status for r in _runs(uri)} == {"RUNNING"}
+    # a run of another project (no owner tags) that is RUNNING must be left alone
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
+    foreign = client.create_run(experiment_id).info.run_id
+    quick = _start(project, uri, "data_prep.val_size=20,train.epochs=1,train.batch_size=50")
+    output = quick.communicate(timeout=300)[0]
+    assert quick.returncode == 0, output[-3000:]
+    status = {r.info.run_id: r.info.status for r in _runs(uri)}
+    assert {status[run_id] for run_id in orphaned} == {"KILLED"}
+    assert status[foreign] == "RUNNING"
+    assert {s for run_id, s in status.items() if run_id not in orphaned | {foreign}} == {"FINISHED"}
