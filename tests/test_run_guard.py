@@ -22,19 +22,20 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _start_together(script: str, args: list[list[str]], cwd: Path) -> list[subprocess.Popen]:
-    """Start one process per argument list; each waits for a shared start time."""
+def _start_together(script: str, runs: list[tuple[Path, list[str]]]) -> list[subprocess.Popen]:
+    """Start ``script`` once per (folder, arguments); each waits for a shared start time,
+    its first argument."""
     start = str(time.time() + 8)  # past every interpreter's import time
     return [
         subprocess.Popen(
-            [sys.executable, "-c", script, start, *a],
+            [sys.executable, "-c", script, start, *args],
             cwd=cwd,
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for a in args
+        for cwd, args in runs
     ]
 
 
@@ -58,7 +59,7 @@ def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
             mlflow.log_metric("x", 1.0)
         """
     )
-    processes = _start_together(script, [[uri, f"run{i}"] for i in range(4)], tmp_path)
+    processes = _start_together(script, [(tmp_path, [uri, f"run{i}"]) for i in range(4)])
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
     client = mlflow.MlflowClient(uri)
@@ -123,17 +124,7 @@ def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
         ).returncode)
         """
     )
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(time.time() + 8), kedro, uri],
-            cwd=project,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for project in projects
-    ]
+    processes = _start_together(script, [(project, [kedro, uri]) for project in projects])
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, [o[-2000:] for o in outputs]
     client = mlflow.MlflowClient(uri)
