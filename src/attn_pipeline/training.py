@@ -44,10 +44,14 @@ class TrainingDivergedError(RuntimeError):
     """A loss or gradient stopped being finite: training cannot go on from there."""
 
 
-def _check_finite(value: torch.Tensor, what: str, where: str, config: TrainConfig) -> None:
-    """Raise :class:`TrainingDivergedError` naming ``where`` and the likely cause."""
-    if bool(torch.isfinite(value)):
+def _check_finite(
+    loss: torch.Tensor, grad_norm: torch.Tensor, where: str, config: TrainConfig
+) -> None:
+    """Raise :class:`TrainingDivergedError` naming ``where`` and the likely cause, when the
+    loss or the gradient norm is not finite (one device sync per step for both)."""
+    if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
         return
+    what, value = ("loss", loss) if not torch.isfinite(loss) else ("gradient norm", grad_norm)
     raise TrainingDivergedError(
         f"training of {where} diverged: the {what} is {float(value)}. Likely cause: "
         f"train.learning_rate = {config.learning_rate} is too high (1e-3 trains every "
@@ -72,12 +76,11 @@ def _step(
         model(x), x, with_attention=weight > 0, attention_target=model.attention_target
     )
     loss = training_objective(terms, beta=beta, attention_weight=weight)
-    _check_finite(loss.detach(), "loss", where, config)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # the total gradient norm (max_norm infinite: nothing is clipped)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-    _check_finite(grad_norm, "gradient norm", where, config)
+    _check_finite(loss.detach(), grad_norm, where, config)
     optimizer.step()
     return terms
 

@@ -13,7 +13,7 @@ import torch
 
 from attn_pipeline.models import VAE
 from attn_pipeline.models.classifier import FeatureClassifier
-from attn_pipeline.models.steering import ScaleRectangle
+from attn_pipeline.models.steering import ScaleRectangle, rectangle_mask
 
 from .generation import classifier_view
 
@@ -40,9 +40,8 @@ def half_edit(half: str, factor: float) -> ScaleRectangle:
 def region_mask(half: str, image_size: int = 28) -> torch.Tensor:
     """``(image_size, image_size)`` bool mask of the pixels of ``half``."""
     top, bottom, left, right = HALVES[half]
-    mask = torch.zeros(image_size, image_size, dtype=torch.bool)
-    mask[top:bottom, left:right] = True
-    return mask
+    # at the image's own resolution every cell is a pixel
+    return rectangle_mask(image_size, image_size, top=top, bottom=bottom, left=left, right=right)
 
 
 @dataclass(frozen=True)

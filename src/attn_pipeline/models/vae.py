@@ -119,10 +119,7 @@ class VAE(nn.Module):
         mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``z = mu + sigma * eps`` with ``eps ~ N(0, I)``, differentiable in mu and logvar."""
-        if generator is None:  # randn_like: the same draws, and traceable by torch.export
-            eps = torch.randn_like(mu)
-        else:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
