@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from attn_pipeline.config import EvaluateConfig, FeatureExtractorConfig
-from attn_pipeline.datasets import TorchDataset
+from attn_pipeline.datasets import ResultCache, TorchDataset
 from attn_pipeline.metrics import classifier_view, frechet_distance
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model
 from attn_pipeline.pipelines.feature_extractor.nodes import (
@@ -70,9 +71,10 @@ def main() -> None:
     if checkpoint_path.is_file():
         checkpoint = TorchDataset(filepath=str(checkpoint_path)).load()
         started = time.perf_counter()
-        metrics, description = evaluate_model(
-            checkpoint, test, extractor_checkpoint, EvaluateConfig()
-        )
+        with tempfile.TemporaryDirectory() as scratch:  # timed: never a stored result
+            metrics, description = evaluate_model(
+                checkpoint, test, extractor_checkpoint, EvaluateConfig(), ResultCache(Path(scratch))
+            )
         seconds = time.perf_counter() - started
         rows[f"'{args.variant}' samples vs test"] = metrics["test/fid_proxy"]
         rows[f"'{args.variant}' reconstructions vs test"] = metrics["test/fid_proxy_recon"]

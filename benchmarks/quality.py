@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from attn_pipeline.config import DataPrepConfig, ModelConfig, TrainConfig
+from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.pipelines.train.nodes import train_model
@@ -46,7 +49,10 @@ def main() -> None:
     for seed in args.seeds:
         config = TrainConfig(epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=seed)
         started = time.perf_counter()
-        checkpoint, *_ = train_model(train, val, model_config, config)
+        with tempfile.TemporaryDirectory() as scratch:  # a fresh training, not a resumed one
+            checkpoint, *_ = train_model(
+                train, val, model_config, config, CheckpointFolders(Path(scratch))
+            )
         seconds = time.perf_counter() - started
         # the evaluate node's own ELBO code, without its sample-quality metrics
         metrics = evaluate_reconstruction(load_checkpoint(checkpoint)[0], test["images"])

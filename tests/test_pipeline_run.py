@@ -153,7 +153,8 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
         reports = default_run / "data" / "08_reporting" / name
         metrics = json.loads((reports / "test_metrics.json").read_text())
         assert metrics["test/neg_elbo"] == pytest.approx(run.data.metrics["test/neg_elbo"])
-        assert len(list((default_run / "data/06_models" / name / "epochs").glob("epoch_*.pt"))) == 2
+        training = default_run / "data/06_models" / name / "training"
+        assert len(list(training.glob("*/epoch_*.pt"))) == 2  # one configuration, 2 epochs
         assert ("steering.png" in artifacts) == (name == "spatial_gate")
     table = (default_run / "data" / "08_reporting" / "test_metrics.csv").read_text()
     assert table.splitlines()[0].startswith("variant,neg_elbo")
@@ -276,6 +277,27 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     for image in ("samples", "reconstructions", "interpolations"):
         assert (reports / "study.none_seed1" / f"{image}.png").is_file()
     assert not list((reports / "study").glob("*seed*"))
+
+    # the same study again: every cell is complete, so nothing is trained or evaluated again
+    data = default_run / "data"
+    saved = {
+        path: path.stat().st_mtime_ns
+        for pattern in ("06_models/study.*/training/*/*.pt", "07_model_output/study.*/*/*")
+        for path in data.glob(pattern)
+    }
+    assert len([p for p in saved if p.name == "resume.pt"]) == 4
+    assert len([p for p in saved if p.suffix == ".json"]) == 4
+    before = (default_run / "data/08_reporting/study/comparison.csv").read_text()
+    _run(
+        default_run,
+        tracking_uri,
+        monkeypatch,
+        {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}},
+        pipeline="compare",
+    )
+    assert {path: path.stat().st_mtime_ns for path in saved} == saved
+    after = (default_run / "data/08_reporting/study/comparison.csv").read_text()
+    assert after == before
 
 
 def test_an_environment_switches_the_data_set(

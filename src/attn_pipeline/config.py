@@ -110,6 +110,11 @@ class TrainConfig(_Config):
     kl_warmup_epochs: int = Field(0, ge=0, description="epochs over which beta ramps up from 0")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    resume: bool = Field(
+        True,
+        description="continue after the last epoch saved for this exact configuration "
+        "(false: delete its saved epochs and train from the first)",
+    )
 
     def check_fits(self, n_train: int) -> None:
         """Raise ``ConfigError`` when the batch size exceeds the training set."""

@@ -16,6 +16,7 @@ because they must reach MLflow while training runs.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -144,6 +145,10 @@ class VariantRunsHook:
         self._runs: dict[str, str] = {}  # namespace -> run id
         self._activated: set[str] = set()  # nodes whose run this hook opened
         self._previous_handlers: dict[int, Any] = {}
+        self._interrupted = False
+        # before MLflow's own exit handler (registered at its import), which would end the
+        # runs an interrupt left open as FINISHED
+        atexit.register(self._end_runs_if_interrupted)
 
     # tryfirst: the store must exist, created and migrated under a lock, before
     # kedro-mlflow opens it (several runs may start at once on a new store).
@@ -194,19 +199,25 @@ class VariantRunsHook:
         self._install_signal_handlers()
 
     def _install_signal_handlers(self) -> None:
-        """On SIGINT (Ctrl-C) or SIGTERM, end the open runs as KILLED, then stop as Python
-        does on Ctrl-C. Left alone, MLflow's exit handler would mark them FINISHED."""
+        """On SIGINT (Ctrl-C) or SIGTERM, stop as Python does on Ctrl-C and end the open
+        runs as KILLED on the way out. Left alone, MLflow's exit handler would mark them
+        FINISHED. Not in the handler itself: it may interrupt a write to the store, whose
+        transaction must be rolled back (by the unwinding) before the store is used again."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
 
         def interrupted(signum: int, frame: Any) -> None:
-            logger.error("%s: ending the open MLflow runs as KILLED", signal.strsignal(signum))
+            logger.error("%s: the open MLflow runs end as KILLED", signal.strsignal(signum))
             self._activated.clear()
-            end_open_runs("KILLED")
+            self._interrupted = True
             raise KeyboardInterrupt
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[signum] = signal.signal(signum, interrupted)
+
+    def _end_runs_if_interrupted(self) -> None:
+        if self._interrupted:
+            end_open_runs("KILLED")
 
     def _restore_signal_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():

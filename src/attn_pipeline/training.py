@@ -6,7 +6,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -85,6 +86,16 @@ def _step(
     return terms
 
 
+def _validation_metrics(model: VAE, val_images: torch.Tensor) -> dict[str, float]:
+    val = evaluate_reconstruction(model, val_images, seed=_VALIDATION_SEED)
+    return {
+        "val/loss": val.neg_elbo,
+        "val/recon": val.recon_bce,
+        "val/kl": val.kl,
+        "val/mse": val.mse,
+    }
+
+
 def kl_weight(config: TrainConfig, epoch: int) -> float:
     """``beta``, ramped linearly over the first ``kl_warmup_epochs`` epochs (1-based)."""
     if config.kl_warmup_epochs == 0:
@@ -93,12 +104,76 @@ def kl_weight(config: TrainConfig, epoch: int) -> float:
 
 
 @dataclass
+class TrainingState:
+    """Everything needed at an epoch boundary to go on exactly as if never stopped."""
+
+    epoch: int  #: epochs completed
+    model: dict[str, torch.Tensor]  #: the model's state dict, on the CPU
+    optimizer: dict[str, Any]  #: the optimizer's state dict (Adam's moments and steps)
+    batch_order_rng: torch.Tensor  #: state of the generator that shuffles the batches
+    torch_rng: torch.Tensor  #: the global CPU generator (posterior noise, binarisation)
+    cuda_rng: torch.Tensor | None  #: the current CUDA device's generator, when training there
+    history: list[dict[str, float]]  #: one metrics row per completed epoch
+
+    @classmethod
+    def capture(
+        cls,
+        model: VAE,
+        optimizer: torch.optim.Optimizer,
+        order: torch.Generator,
+        device: torch.device,
+        history: list[dict[str, float]],
+    ) -> TrainingState:
+        """The state after the epoch that ``history``'s last row describes."""
+        return cls(
+            epoch=int(history[-1]["epoch"]),
+            model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            optimizer=optimizer.state_dict(),
+            batch_order_rng=order.get_state(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            history=list(history),
+        )
+
+    def restore(
+        self,
+        model: VAE,
+        optimizer: torch.optim.Optimizer,
+        order: torch.Generator,
+        device: torch.device,
+        *,
+        epochs: int,
+    ) -> None:
+        """Put the model, the optimizer and the generators back as they were, for a
+        training of ``epochs`` epochs in all."""
+        if self.epoch > epochs:
+            raise ValueError(f"cannot resume after epoch {self.epoch} a training of {epochs}")
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        order.set_state(self.batch_order_rng)
+        torch.set_rng_state(self.torch_rng)
+        if device.type == "cuda" and self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and values: what ``torch.load(weights_only=True)`` reads back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingState:
+        return cls(**values)
+
+
+#: Called after each epoch with the state to resume from (to save it).
+StateCallback = Callable[[TrainingState], None]
+
+
+@dataclass
 class TrainingResult:
-    """The trained model (on the CPU), one metrics row per epoch and a state per epoch."""
+    """The trained model (on the CPU) and one metrics row per epoch, resumed ones included."""
 
     model: VAE
     history: list[dict[str, float]] = field(default_factory=list)
-    epoch_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 def fit(
@@ -108,6 +183,8 @@ def fit(
     config: TrainConfig,
     *,
     on_epoch_end: EpochCallback | None = None,
+    on_state: StateCallback | None = None,
+    resume_from: TrainingState | None = None,
     show_progress: bool | None = None,
     binarize: bool = False,
     name: str = "the model",
@@ -120,6 +197,11 @@ def fit(
     Batches are drawn by indexing the in-memory tensor with a seeded permutation (a
     DataLoader's per-item collation costs more than the model on MNIST-sized data).
     ``show_progress`` defaults to a progress bar only when stderr is a terminal.
+
+    After each epoch ``on_state`` receives the :class:`TrainingState` to resume from;
+    given ``resume_from`` (such a state, of the same model and ``config``), training
+    continues after its epoch and ends with the same weights, bit for bit, as a run that
+    was never stopped (on the same device and kernels).
 
     Raises :class:`TrainingDivergedError` at the first non-finite loss or gradient norm,
     naming ``name``, the epoch and the batch, before the optimizer applies it.
@@ -139,19 +221,24 @@ def fit(
         model.parameters(), lr=config.learning_rate, fused=device.type in ("cpu", "cuda")
     )
     order = torch.Generator().manual_seed(config.seed)
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     n = len(train_images)
     n_batches = (n + config.batch_size - 1) // config.batch_size
     result = TrainingResult(model=model)
+    first_epoch = 1
+    if resume_from is not None:
+        resume_from.restore(model, optimizer, order, device, epochs=config.epochs)
+        result.history = list(resume_from.history)
+        first_epoch = resume_from.epoch + 1
     logger.info(
-        "training %d parameters on %d images (%d batches/epoch) on %s",
+        "training %d parameters on %d images (%d batches/epoch) on %s%s",
         sum(p.numel() for p in model.parameters()),
         n,
         n_batches,
         device,
+        f", from epoch {first_epoch}" if first_epoch > 1 else "",
     )
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         beta = kl_weight(config, epoch)
         model.train()
         started = time.perf_counter()
@@ -191,13 +278,7 @@ def fit(
         if weight > 0:
             metrics["train/attention_loss"] = train_attention
         if val_images is not None:
-            val = evaluate_reconstruction(model, val_images, seed=_VALIDATION_SEED)
-            metrics |= {
-                "val/loss": val.neg_elbo,
-                "val/recon": val.recon_bce,
-                "val/kl": val.kl,
-                "val/mse": val.mse,
-            }
+            metrics |= _validation_metrics(model, val_images)
         logger.info(
             "epoch %d/%d  %s  (%.1f s)",
             epoch,
@@ -206,9 +287,8 @@ def fit(
             train_seconds,
         )
         result.history.append({"epoch": epoch, **metrics})
-        result.epoch_states.append(
-            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        )
+        if on_state is not None:
+            on_state(TrainingState.capture(model, optimizer, order, device, result.history))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     model.to("cpu", memory_format=torch.contiguous_format)

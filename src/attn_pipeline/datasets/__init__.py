@@ -1,12 +1,26 @@
 """Custom Kedro datasets: what kedro-datasets does not ship."""
 
 from .idx_dataset import IDXDataset, IDXFormatError, encode_idx, parse_idx, read_idx_file
+from .saved_state import (
+    CheckpointFolders,
+    ResultCache,
+    ResultCacheDataset,
+    TrainingCheckpoints,
+    TrainingCheckpointsDataset,
+    configuration_key,
+)
 from .torch_dataset import TorchDataset
 
 __all__ = [
+    "CheckpointFolders",
     "IDXDataset",
     "IDXFormatError",
+    "ResultCache",
+    "ResultCacheDataset",
     "TorchDataset",
+    "TrainingCheckpoints",
+    "TrainingCheckpointsDataset",
+    "configuration_key",
     "encode_idx",
     "parse_idx",
     "read_idx_file",

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from attn_pipeline.config import ModelConfig, TrainConfig
+from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.pipelines.train.nodes import train_model
 
 BASELINE = "none"
@@ -57,9 +58,14 @@ def seeded_train_model(seed: int) -> Callable[..., Any]:
         val_set: dict[str, torch.Tensor],
         model_config: ModelConfig,
         train_config: TrainConfig,
+        checkpoint_folders: CheckpointFolders,
     ) -> tuple:
         return train_model(
-            train_set, val_set, model_config, train_config.model_copy(update={"seed": seed})
+            train_set,
+            val_set,
+            model_config,
+            train_config.model_copy(update={"seed": seed}),
+            checkpoint_folders,
         )
 
     return train_model_with_seed

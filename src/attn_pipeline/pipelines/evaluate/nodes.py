@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any
 
 import pandas as pd
 import torch
 
+from attn_pipeline import binarization, models
+from attn_pipeline import metrics as metrics_package
 from attn_pipeline.binarization import evaluation_images, is_binarized
 from attn_pipeline.config import EvaluateConfig
+from attn_pipeline.datasets import ResultCache
+from attn_pipeline.fingerprints import source_fingerprint, state_fingerprint, tensor_fingerprint
 from attn_pipeline.metrics import (
     classifier_view,
     evaluate_reconstruction,
@@ -48,13 +53,35 @@ def nll_subset(n_images: int, size: int | None, *, seed: int) -> torch.Tensor:
     return order[:size].sort().values
 
 
+def evaluation_description(
+    checkpoint: dict[str, Any],
+    test_set: dict[str, torch.Tensor],
+    feature_extractor: dict[str, Any],
+    config: EvaluateConfig,
+) -> dict[str, Any]:
+    """Everything an evaluation's figures depend on: the weights, the test images, the
+    extractor, the settings and the code that measures."""
+    return {
+        "code": source_fingerprint(metrics_package, models, binarization, sys.modules[__name__]),
+        "model": checkpoint["model_config"],
+        "weights": state_fingerprint(checkpoint["state_dict"]),
+        "test_images": tensor_fingerprint(test_set["images"]),
+        "binarized": is_binarized(test_set),
+        "feature_extractor_hash": feature_extractor["hash"],
+        "evaluate": config.model_dump(mode="json"),
+    }
+
+
 def evaluate_model(
     checkpoint: dict[str, Any],
     test_set: dict[str, torch.Tensor],
     feature_extractor: dict[str, Any],
     config: EvaluateConfig,
+    evaluation_cache: ResultCache,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """``test/*`` metrics of one trained variant, and the facts needed to read them.
+    """``test/*`` metrics of one trained variant and the facts needed to read them, kept
+    in ``evaluation_cache``: the same weights evaluated the same way are not evaluated
+    again (a rerun of a study goes straight past its finished cells).
 
     Returns:
         The metrics: the negative ELBO, reconstruction BCE and MSE, KL
@@ -67,6 +94,26 @@ def evaluate_model(
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
+    description = evaluation_description(checkpoint, test_set, feature_extractor, config)
+    stored = evaluation_cache.get(description)
+    if stored is not None:
+        logger.info(
+            "already evaluated (%s): the stored figures are reused", evaluation_cache.folder
+        )
+        return stored["test_metrics"], stored["evaluation_info"]
+    test_metrics, evaluation_info = _evaluate(checkpoint, test_set, feature_extractor, config)
+    evaluation_cache.put(
+        description, {"test_metrics": test_metrics, "evaluation_info": evaluation_info}
+    )
+    return test_metrics, evaluation_info
+
+
+def _evaluate(
+    checkpoint: dict[str, Any],
+    test_set: dict[str, torch.Tensor],
+    feature_extractor: dict[str, Any],
+    config: EvaluateConfig,
+) -> tuple[dict[str, float], dict[str, Any]]:
     started = time.perf_counter()
     device = resolve_device(config.device)
     model, model_config = load_checkpoint(checkpoint)

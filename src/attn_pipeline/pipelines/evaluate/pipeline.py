@@ -18,7 +18,13 @@ def variant_template() -> Pipeline:
         [
             Node(
                 evaluate_model,
-                inputs=["checkpoint", "test_set", "feature_extractor", "params:evaluate"],
+                inputs=[
+                    "checkpoint",
+                    "test_set",
+                    "feature_extractor",
+                    "params:evaluate",
+                    "evaluation_cache",
+                ],
                 outputs=["test_metrics", "evaluation_info"],
                 name="evaluate_model",
             )

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pandas as pd
 import torch
 
+from attn_pipeline import binarization, losses, models, training
 from attn_pipeline.binarization import evaluation_images, is_binarized
 from attn_pipeline.config import ModelConfig, TrainConfig
+from attn_pipeline.datasets import CheckpointFolders
+from attn_pipeline.fingerprints import source_fingerprint, tensor_fingerprint
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.tracking import log_epoch_metrics
-from attn_pipeline.training import fit
+from attn_pipeline.training import TrainingState, fit
+
+logger = logging.getLogger(__name__)
+
+
+def training_description(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    train_set: dict[str, torch.Tensor],
+    val_set: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Everything the trained weights and the logged history depend on, the code that
+    trains included: the key of the folder its epochs are saved in (``train.resume``
+    itself decides nothing of it)."""
+    return {
+        "code": source_fingerprint(models, losses, training, binarization),
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json", exclude={"resume"}),
+        "train_images": tensor_fingerprint(train_set["images"]),
+        "val_images": tensor_fingerprint(val_set["images"]),
+        "binarized": is_binarized(train_set),
+    }
 
 
 def train_model(
@@ -19,35 +44,59 @@ def train_model(
     val_set: dict[str, torch.Tensor],
     model_config: ModelConfig,
     train_config: TrainConfig,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], pd.DataFrame, ImageSampler, dict]:
+    checkpoint_folders: CheckpointFolders,
+) -> tuple[dict[str, Any], pd.DataFrame, ImageSampler, dict]:
     """Fit the variant ``model_config`` describes with the shared ``train_config`` budget.
 
+    Each epoch is saved as it ends, in the folder of this exact configuration (model,
+    budget, seed, data); a rerun continues after the last saved epoch (``train.resume``,
+    default true) and so ends with the same weights as a run that was never stopped.
+
     Returns:
-        The final checkpoint; one checkpoint per epoch (``epoch_001`` ...); the per-epoch
-        metrics table; the trained generator as a ``z -> images`` module; and the resolved
-        configuration of the run (for MLflow's params).
+        The final checkpoint; the per-epoch metrics table; the trained generator as a
+        ``z -> images`` module; and the resolved configuration of the run (MLflow's params).
     """
     train_config.check_fits(len(train_set["images"]))
+    checkpoints = checkpoint_folders.for_configuration(
+        training_description(model_config, train_config, train_set, val_set)
+    )
+    if not train_config.resume:
+        checkpoints.clear()
+    saved = checkpoints.latest()
+    resume_from = TrainingState.from_dict(saved) if saved is not None else None
+    name = f"variant '{model_config.variant}' (seed {train_config.seed})"
+    if resume_from is not None:
+        logger.info(
+            "%s: resuming after epoch %d of %d from %s (train.resume=false starts over)",
+            name,
+            resume_from.epoch,
+            train_config.epochs,
+            checkpoints.folder,
+        )
+        for row in resume_from.history:  # the run in MLflow gets the whole curve
+            log_epoch_metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
     model = build_vae(model_config)
     model.init_output_bias(train_set["images"].mean(dim=0))
+    n_parameters = count_parameters(model)
+    meta = {"n_parameters": n_parameters, "train_config": train_config.model_dump(mode="json")}
+
+    def save_epoch(state: TrainingState) -> None:
+        epoch_checkpoint = make_checkpoint(model_config, state.model, epoch=state.epoch, **meta)
+        checkpoints.save(state.epoch, epoch_checkpoint, state.to_dict())
+
     result = fit(
         model,
         train_set["images"],
         evaluation_images(val_set),
         train_config,
         on_epoch_end=log_epoch_metrics,
+        on_state=save_epoch,
+        resume_from=resume_from,
         binarize=is_binarized(train_set),
-        name=f"variant '{model_config.variant}' (seed {train_config.seed})",
+        name=name,
     )
-    n_parameters = count_parameters(model)
-    meta = {"n_parameters": n_parameters, "train_config": train_config.model_dump(mode="json")}
-    epochs = {
-        f"epoch_{row['epoch']:03d}": make_checkpoint(
-            model_config, state, epoch=row["epoch"], **meta
-        )
-        for row, state in zip(result.history, result.epoch_states, strict=True)
-    }
     final = make_checkpoint(model_config, model.state_dict(), epoch=train_config.epochs, **meta)
     run_params = {
         "model": model_config.model_dump(mode="json"),
@@ -56,6 +105,8 @@ def train_model(
         "n_train_images": len(train_set["images"]),
         "n_val_images": len(val_set["images"]),
         "binarized": is_binarized(train_set),
+        "checkpoint_folder": checkpoints.folder.name,
+        "resumed_after_epoch": resume_from.epoch if resume_from is not None else 0,
     }
     sampler = ImageSampler(model.generator, latent_dim=model_config.latent_dim).eval()
-    return final, epochs, pd.DataFrame(result.history), sampler, run_params
+    return final, pd.DataFrame(result.history), sampler, run_params

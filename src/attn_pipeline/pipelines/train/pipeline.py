@@ -8,15 +8,23 @@ from .nodes import train_model
 
 
 def variant_template(train_func: Callable = train_model) -> Pipeline:
-    """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared."""
+    """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared.
+
+    ``training_checkpoints`` is an input because it loads as the handle training writes
+    each epoch through (and reads the epoch to resume from)."""
     return Pipeline(
         [
             Node(
                 train_func,
-                inputs=["train_set", "val_set", "params:model", "params:train"],
+                inputs=[
+                    "train_set",
+                    "val_set",
+                    "params:model",
+                    "params:train",
+                    "training_checkpoints",
+                ],
                 outputs=[
                     "checkpoint",
-                    "epoch_checkpoints",
                     "training_history",
                     "sampler",
                     "run_params",
