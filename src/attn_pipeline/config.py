@@ -75,7 +75,7 @@ class ModelConfig(_Config):
         0.0, ge=0, description="weight of the attention loss (variants with a spatial map)"
     )
     gate_gain: float = Field(
-        1.5,
+        1.3,
         gt=0,
         description="spatial_gate: log-odds added per factor e of map weight (fixed, not learned)",
     )
