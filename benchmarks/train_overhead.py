@@ -22,6 +22,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from attn_pipeline.config import ModelConfig, TrainConfig
+from attn_pipeline.datasets import TrainingCheckpointsDataset
 from attn_pipeline.losses import training_objective, vae_loss_terms
 from attn_pipeline.models import build_vae
 from attn_pipeline.pipelines.train.pipeline import variant_template
@@ -49,19 +50,21 @@ def bare_loop(images: torch.Tensor, model_config: ModelConfig, config: TrainConf
 
 def kedro_node(train, val, model_config: ModelConfig, config: TrainConfig) -> float:
     """The training node through Kedro's runner, logging to MLflow: seconds taken."""
-    catalog = DataCatalog(
-        {
-            "train_set": MemoryDataset(train),
-            "val_set": MemoryDataset(val),
-            "params:model": MemoryDataset(model_config),
-            "params:train": MemoryDataset(config),
-        }
-    )
-    started = time.perf_counter()
-    with mlflow.start_run():
-        outputs = SequentialRunner().run(variant_template(), catalog)
-        log_sampler_model(outputs["sampler"].load())
-    return time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as scratch:  # a fresh training, saved per epoch
+        catalog = DataCatalog(
+            {
+                "train_set": MemoryDataset(train),
+                "val_set": MemoryDataset(val),
+                "params:model": MemoryDataset(model_config),
+                "params:train": MemoryDataset(config),
+                "training_checkpoints": TrainingCheckpointsDataset(path=scratch),
+            }
+        )
+        started = time.perf_counter()
+        with mlflow.start_run():
+            outputs = SequentialRunner().run(variant_template(), catalog)
+            log_sampler_model(outputs["sampler"].load())
+        return time.perf_counter() - started
 
 
 def main() -> None:
