@@ -8,14 +8,21 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from attn_pipeline.config import StudyConfig
 from attn_pipeline.pipelines.compare.nodes import METRICS, compare_variants, summarise_run
 
 
 def _row(
-    variant: str, seed: int, neg_elbo: float, mse: float = 0.01, extractor: str = "abc"
+    entry: str,
+    seed: int,
+    neg_elbo: float,
+    mse: float = 0.01,
+    extractor: str = "abc",
+    architecture: str | None = None,
 ) -> dict:
     return {
-        "variant": variant,
+        "entry": entry,
+        "architecture": architecture or entry,
         "seed": seed,
         "n_parameters": 100,
         "epoch_seconds": 2.0,
@@ -41,8 +48,8 @@ def test_paired_differences_and_t_interval() -> None:
         "spatial_seed1": _row("spatial", 1, 100.8),
         "spatial_seed2": _row("spatial", 2, 100.2),
     }
-    table, markdown, figure = compare_variants(**rows)
-    spatial = table.set_index("variant").loc["spatial"]
+    table, markdown, figure = compare_variants(baseline="none", **rows)
+    spatial = table.set_index("entry").loc["spatial"]
     differences = [-1.0, -1.2, -0.8]
     assert spatial["neg_elbo_mean"] == pytest.approx(100.0)
     assert spatial["neg_elbo_std"] == pytest.approx(pd.Series([99.0, 100.8, 100.2]).std())
@@ -58,7 +65,7 @@ def test_higher_is_better_metrics_get_the_right_verdict() -> None:
     rows = {f"none{s}": _row("none", s, 100.0) for s in range(3)}
     for s, recall in enumerate((0.60, 0.61, 0.62)):
         rows[f"cbam{s}"] = {**_row("cbam", s, 100.0), "recall": recall}
-    _, markdown, _ = compare_variants(**rows)
+    _, markdown, _ = compare_variants(baseline="none", **rows)
     assert "+0.110 [±0.025] better" in markdown
 
 
@@ -68,7 +75,7 @@ def test_figures_from_different_extractors_are_refused() -> None:
         "b": _row("spatial", 0, 99.0, extractor="def"),
     }
     with pytest.raises(ValueError, match=r"different feature extractors \(\['abc', 'def'\]\)"):
-        compare_variants(**rows)
+        compare_variants(baseline="none", **rows)
 
 
 def test_overlapping_interval_is_called_no_clear_difference() -> None:
@@ -78,18 +85,36 @@ def test_overlapping_interval_is_called_no_clear_difference() -> None:
         "c": _row("self", 0, 101.0),
         "d": _row("self", 1, 100.0),
     }
-    _, markdown, _ = compare_variants(**rows)
+    _, markdown, _ = compare_variants(baseline="none", **rows)
     assert "no clear difference" in markdown
 
 
 def test_study_without_the_baseline_is_refused() -> None:
-    with pytest.raises(ValueError, match="baseline 'none'"):
-        compare_variants(a=_row("latent", 0, 100.0))
+    with pytest.raises(ValueError, match="baseline 'none' .* not among its entries"):
+        compare_variants(baseline="none", a=_row("latent", 0, 100.0))
+    with pytest.raises(ValueError, match=r"study.baseline 'wide' must be one of"):
+        StudyConfig(variants=["none", "latent"], baseline="wide")
+
+
+def test_rows_are_keyed_by_entry_not_architecture() -> None:
+    """Two entries of one architecture (a baseline and a widened baseline) stay two rows,
+    each with its own seeds, and the baseline is whichever entry is named."""
+    rows = {}
+    for s in range(2):
+        rows[f"none_seed{s}"] = _row("none", s, 100.0 + s)
+        rows[f"none_wide_seed{s}"] = _row("none_wide", s, 99.0 + s, architecture="none")
+    table, markdown, _ = compare_variants(baseline="none_wide", **rows)
+    assert list(table["entry"]) == ["none", "none_wide"]
+    assert list(table["seeds"]) == [2, 2]
+    assert table.set_index("entry").loc["none", "neg_elbo_diff"] == pytest.approx(1.0)
+    assert "| none_wide (none) | 2 |" in markdown
+    assert "difference from `none_wide`" in markdown
 
 
 def test_summarise_run_reads_the_run_outputs() -> None:
     metrics = {f"test/{metric}": float(i) for i, metric in enumerate(METRICS)}
     row = summarise_run(
+        "cbam_small",
         metrics,
         {
             "feature_extractor_hash": "abc",
@@ -101,7 +126,8 @@ def test_summarise_run_reads_the_run_outputs() -> None:
         pd.DataFrame({"train/epoch_seconds": [10.0, 12.0, 11.0]}),
     )
     assert row == {
-        "variant": "cbam",
+        "entry": "cbam_small",
+        "architecture": "cbam",
         "seed": 2,
         "n_parameters": 123,
         "epoch_seconds": 11.0,

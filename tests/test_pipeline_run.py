@@ -261,7 +261,8 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
     assert {"comparison.csv", "comparison.md", "comparison.png"} <= parent_artifacts
     table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
-    assert list(table["variant"]) == ["none", "spatial_gate"]
+    assert list(table["entry"]) == ["none", "spatial_gate"]
+    assert {r.data.tags["entry"] for r in children} == {"none", "spatial_gate"}
     assert table["steer_suppression_ink_share_mean"].isna().tolist() == [True, False]
     assert list(table["seeds"]) == [2, 2]
     assert table.loc[0, "neg_elbo_diff"] == 0.0

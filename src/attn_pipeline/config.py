@@ -222,11 +222,14 @@ class StudyConfig(_Config):
         min_length=1,
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    baseline: str = Field("none", description="the entry every other is compared with")
 
     @model_validator(mode="after")
     def _baseline_and_distinct_seeds(self) -> StudyConfig:
-        if "none" not in self.variants:
-            raise ValueError("study.variants must include the baseline 'none'")
+        if self.baseline not in self.variants:
+            raise ValueError(
+                f"study.baseline '{self.baseline}' must be one of study.variants {self.variants}"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"study.seeds must be distinct, got {self.seeds}")
         return self

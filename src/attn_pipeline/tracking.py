@@ -271,9 +271,12 @@ class VariantRunsHook:
                 mlflow.log_metrics({k: float(v) for k, v in data.items()})
             elif kind == "params":
                 mlflow.log_params(flatten(data))
-                # The resolved config knows the variant and seed (a study overrides the seed).
+                # The resolved config knows the variant and seed (a study overrides the seed);
+                # the entry is the name in `variants` / `study.variants` (the namespace in a
+                # default run), the variant its architecture.
                 mlflow.set_tags(
                     {
+                        "entry": data.get("entry", node.namespace),
                         "variant": data.get("model", {}).get("variant", node.namespace),
                         "seed": data.get("train", {}).get("seed", ""),
                     }

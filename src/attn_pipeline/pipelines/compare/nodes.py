@@ -16,7 +16,6 @@ from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.pipelines.train.nodes import train_model
 
-BASELINE = "none"
 #: Test metrics the table compares: lower is better for each, but the last three.
 METRICS = (
     "neg_elbo",
@@ -50,8 +49,9 @@ HIGHER_IS_BETTER = frozenset(
 )
 
 
-def seeded_train_model(seed: int) -> Callable[..., Any]:
-    """``train_model`` with ``train.seed`` replaced by ``seed`` (one study repeat)."""
+def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
+    """``train_model`` with ``train.seed`` replaced by ``seed`` (one study repeat); its
+    run parameters name the study entry it trains."""
 
     def train_model_with_seed(
         train_set: dict[str, torch.Tensor],
@@ -60,27 +60,45 @@ def seeded_train_model(seed: int) -> Callable[..., Any]:
         train_config: TrainConfig,
         checkpoint_folders: CheckpointFolders,
     ) -> tuple:
-        return train_model(
+        *outputs, run_params = train_model(
             train_set,
             val_set,
             model_config,
             train_config.model_copy(update={"seed": seed}),
             checkpoint_folders,
         )
+        return (*outputs, {"entry": entry, **run_params})
 
     return train_model_with_seed
 
 
+def summarise_cell(entry: str) -> Callable[..., dict[str, Any]]:
+    """:func:`summarise_run` for the cells of study entry ``entry``."""
+
+    def summarise_run_of_entry(
+        test_metrics: dict[str, float],
+        evaluation_info: dict[str, Any],
+        run_params: dict[str, Any],
+        training_history: pd.DataFrame,
+    ) -> dict[str, Any]:
+        return summarise_run(entry, test_metrics, evaluation_info, run_params, training_history)
+
+    return summarise_run_of_entry
+
+
 def summarise_run(
+    entry: str,
     test_metrics: dict[str, float],
     evaluation_info: dict[str, Any],
     run_params: dict[str, Any],
     training_history: pd.DataFrame,
 ) -> dict[str, Any]:
-    """One row of the study: the run's variant, seed, size, speed, test metrics, and the
-    feature extractor and sample counts its FID-proxy figures were measured with."""
+    """One row of the study: the study entry (its name in ``study.variants``, which keys
+    the row), its architecture (``model.variant``), seed, size, speed, test metrics, and
+    the feature extractor and sample counts its FID-proxy figures were measured with."""
     return {
-        "variant": run_params["model"]["variant"],
+        "entry": entry,
+        "architecture": run_params["model"]["variant"],
         "seed": run_params["train"]["seed"],
         "n_parameters": run_params["n_parameters"],
         "epoch_seconds": float(training_history["train/epoch_seconds"].median()),
@@ -117,26 +135,31 @@ def _confidence_interval(differences: np.ndarray, level: float = 0.95) -> float:
     return float(t * differences.std(ddof=1) / math.sqrt(len(differences)))
 
 
-def compare_variants(**rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]:
+def compare_variants(baseline: str, **rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]:
     """The comparison table (CSV and Markdown) and a bar chart of the test loss.
 
-    For each variant: mean and standard deviation over seeds of each test metric, the
-    parameter count, the median training time per epoch, and the difference from the
-    baseline ``none`` with a 95% t confidence interval. Differences are paired by seed
-    (the same seed means the same data order and validation noise), so the interval is the
-    one of the mean paired difference.
+    One row per study entry (by name: two entries of one architecture stay two rows): mean
+    and standard deviation over seeds of each test metric, the parameter count, the median
+    training time per epoch, and the difference from the entry ``baseline`` with a 95% t
+    confidence interval. Differences are paired by seed (the same seed means the same data
+    order and validation noise), so the interval is the one of the mean paired difference.
     """
     runs = pd.DataFrame(list(rows.values()))
     _check_comparable(runs)
-    variants = list(dict.fromkeys(runs["variant"]))
-    if BASELINE not in variants:
-        raise ValueError(f"the study needs the baseline '{BASELINE}' among its variants")
-    base = runs[runs["variant"] == BASELINE].set_index("seed")
+    entries = list(dict.fromkeys(runs["entry"]))
+    if baseline not in entries:
+        raise ValueError(
+            f"the study's baseline '{baseline}' (study.baseline) is not among its entries "
+            f"{entries}: add it to study.variants or name another baseline"
+        )
+    base = runs[runs["entry"] == baseline].set_index("seed")
     records = []
-    for variant in variants:
-        own = runs[runs["variant"] == variant].set_index("seed")
+    for entry in entries:
+        own = runs[runs["entry"] == entry].set_index("seed")
         record: dict[str, Any] = {
-            "variant": variant,
+            "entry": entry,
+            "architecture": own["architecture"].iloc[0],
+            "baseline": baseline,
             "seeds": len(own),
             "n_parameters": int(own["n_parameters"].iloc[0]),
             "epoch_seconds": float(own["epoch_seconds"].median()),
@@ -203,16 +226,21 @@ TABLES = (
 def _cell(r: Any, metric: str, scale: float, decimals: int) -> str:
     mean, std = scale * getattr(r, f"{metric}_mean"), scale * getattr(r, f"{metric}_std")
     text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-    if r.variant == BASELINE or math.isnan(getattr(r, f"{metric}_diff")):
+    if r.entry == r.baseline or math.isnan(getattr(r, f"{metric}_diff")):
         return text
     diff = scale * getattr(r, f"{metric}_diff")
     half = scale * getattr(r, f"{metric}_diff_ci95")
     return f"{text}; {diff:+.{decimals}f} [±{half:.{decimals}f}] {_verdict(metric, diff, half)}"
 
 
+def _entry_label(r: Any) -> str:
+    """The entry's name, and its architecture where the name does not say it."""
+    return r.entry if r.entry == r.architecture else f"{r.entry} ({r.architecture})"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """The tables for people: each metric's mean ± std over seeds and, for every variant
-    but the baseline, its paired difference from ``none`` with the 95% half-width."""
+    """The tables for people: each metric's mean ± std over seeds and, for every entry
+    but the baseline, its paired difference from the baseline with the 95% half-width."""
     first = table.iloc[0]
     lines = [
         f"FID-proxy figures: feature extractor `{first['feature_extractor_hash']}`, "
@@ -224,7 +252,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         lines += [
             f"**{title}**",
             "",
-            "| variant | seeds | parameters | s/epoch | "
+            "| entry | seeds | parameters | s/epoch | "
             + " | ".join(label for _, label, _, _ in columns)
             + " |",
             "|---|---:|---:|---:|" + "---|" * len(columns),
@@ -234,13 +262,14 @@ def to_markdown(table: pd.DataFrame) -> str:
                 continue  # a variant without these metrics (no map to steer)
             cells = [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in columns]
             lines.append(
-                f"| {r.variant} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} | "
+                f"| {_entry_label(r)} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} | "
                 + " | ".join(cells)
                 + " |"
             )
         lines.append("")
     lines.append(
-        "Each cell: mean ± standard deviation over seeds; then the difference from `none`, "
+        f"Each cell: mean ± standard deviation over seeds; then the difference from "
+        f"`{first['baseline']}`, "
         "paired by seed, with the half-width of a 95% t interval, and the verdict it allows. "
         "Lower is better but for precision, recall, class coverage and the steering figures "
         "(where the suppressed half's ink share should fall)."
@@ -252,7 +281,10 @@ def bar_chart(table: pd.DataFrame) -> Figure:
     """Test negative ELBO and FID-proxy per variant (mean, with the std over seeds)."""
     figure = Figure(figsize=(9, 3.4), layout="constrained")
     x = np.arange(len(table))
-    colours = ["#888888" if v == BASELINE else "#3b6ea8" for v in table["variant"]]
+    colours = [
+        "#888888" if e == b else "#3b6ea8"
+        for e, b in zip(table["entry"], table["baseline"], strict=True)
+    ]
     for ax, metric, label in zip(
         figure.subplots(1, 2),
         ("neg_elbo", "fid_proxy"),
@@ -261,7 +293,7 @@ def bar_chart(table: pd.DataFrame) -> Figure:
     ):
         mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0)
         ax.bar(x, mean, yerr=std, capsize=4, color=colours)
-        ax.set_xticks(x, table["variant"])
+        ax.set_xticks(x, table["entry"])
         low, high = float((mean - std).min()), float((mean + std).max())
         margin = max(0.05 * high, 0.5 * (high - low))
         ax.set_ylim(max(0.0, low - margin), high + margin)

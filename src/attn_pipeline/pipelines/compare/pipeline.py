@@ -7,7 +7,7 @@ from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import data_prep, evaluate, feature_extractor, generate, train
 
-from .nodes import compare_variants, seeded_train_model, summarise_run
+from .nodes import compare_variants, study_train_model, summarise_cell
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -16,13 +16,13 @@ def run_name(variant: str, seed: int) -> str:
 
 def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     template = (
-        train.variant_template(seeded_train_model(seed))
+        train.variant_template(study_train_model(variant, seed))
         + evaluate.variant_template()
         + generate.variant_template(steerable=steerable)
         + Pipeline(
             [
                 Node(
-                    summarise_run,
+                    summarise_cell(variant),
                     inputs=["test_metrics", "evaluation_info", "run_params", "training_history"],
                     outputs="summary",
                     name="summarise_run",
@@ -49,7 +49,10 @@ def create_pipeline(
     runs = [_one_run(variant, seed, variant in steerable) for variant in variants for seed in seeds]
     table = Node(
         compare_variants,
-        inputs={run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
+        inputs={
+            "baseline": "params:study.baseline",
+            **{run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
+        },
         outputs=["study_table", "study_table_markdown", "study_chart"],
         name="compare_variants",
     )
