@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 DATASET ?= mnist
 DATA_DIR ?= $(ATTN_PIPELINE_DATA_DIR)
 export KEDRO_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup data run test lint viz mlflow-ui
 

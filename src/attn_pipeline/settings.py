@@ -1,8 +1,10 @@
 """Project settings: https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
+import os
 import warnings
 
 from kedro.config import OmegaConfigLoader
+from mlflow.telemetry.client import set_telemetry_client
 from omegaconf.resolvers import oc
 
 from attn_pipeline.hooks import RunPlanCheckHook
@@ -11,6 +13,12 @@ from attn_pipeline.tracking import VariantRunsHook
 # omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call;
 # the warning repeats on every run and says nothing actionable for this project.
 warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
+
+# MLflow sends usage telemetry unless told not to. Kedro's plugins import mlflow before
+# this file, so its client is rebuilt once the switch is set (a user's own setting wins).
+# kedro-telemetry is off through the project's `.telemetry` file (`consent: false`).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+set_telemetry_client()
 
 HOOKS = (RunPlanCheckHook(), VariantRunsHook())
 
