@@ -110,6 +110,10 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     assert set(runs) == {"none", "spatial_gate"}
     parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
     assert len(parents) == 1
+    client = mlflow.MlflowClient(tracking_uri)
+    assert client.get_run(parents.pop()).info.run_name == "default"  # not "__default__"
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # the same names, but for what only a variant with a spatial map has
     only_steerable = {"train/attention_loss"} | {
         name for name in runs["spatial_gate"].data.metrics if name.startswith("test/steer_")

@@ -98,6 +98,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+#: The name Kedro gives the pipeline `kedro run` runs without --pipelines.
+DEFAULT_PIPELINE = "__default__"
+#: MLflow 3's experiment type, which decides the page its UI opens an experiment on.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def end_open_runs(status: str = "KILLED") -> None:
     """End every run this process has open (children first, then the parent)."""
     while mlflow.active_run() is not None:
@@ -194,7 +201,15 @@ class VariantRunsHook:
         parent = mlflow.active_run()
         if parent is None:
             return  # tracking off for this pipeline
-        mlflow.set_tags(_owner_tags())
+        tags = _owner_tags()
+        if parent.info.run_name == DEFAULT_PIPELINE:  # kedro-mlflow names it after the pipeline
+            tags["mlflow.runName"] = "default"
+        mlflow.set_tags(tags)
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment(parent.info.experiment_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            # the UI then opens the experiment on its runs, not on MLflow 3's GenAI overview
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         mark_orphaned_runs_killed(parent.info.experiment_id)
         self._install_signal_handlers()
 
