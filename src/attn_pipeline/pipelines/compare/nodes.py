@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,37 +17,73 @@ from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.pipelines.train.nodes import train_model
 
-#: Test metrics the table compares: lower is better for each, but the last three.
-METRICS = (
-    "neg_elbo",
-    "nll_iw",
-    "recon_bce",
-    "kl",
-    "mse",
-    "fid_proxy",
-    "fid_proxy_recon",
-    "kid_proxy",
-    "precision",
-    "recall",
-    "class_coverage",
-    # the steering benchmark: only variants with an editable map have these (NaN otherwise)
-    "steer_emphasis_ink_share",
-    "steer_suppression_ink_share",
-    "steer_suppression_locality",
-    "steer_confidence_ratio",
-    "steer_class_kept",
+
+@dataclass(frozen=True)
+class StudyMetric:
+    """A test metric the study compares, and how its table prints it."""
+
+    name: str  #: ``test/<name>`` in test_metrics.json and MLflow
+    label: str  #: the column's heading
+    higher_is_better: bool = False
+    scale: float = 1.0  #: printed as value x scale
+    decimals: int = 2
+
+
+#: The study's tables (title, metrics): the one list of what the study compares.
+TABLES: tuple[tuple[str, tuple[StudyMetric, ...]], ...] = (
+    (
+        "Likelihood and reconstruction (nats per image; MSE per pixel)",
+        (
+            StudyMetric("neg_elbo", "test -ELBO"),
+            StudyMetric("nll_iw", "NLL (IW)"),
+            StudyMetric("recon_bce", "recon BCE"),
+            StudyMetric("kl", "KL"),
+            StudyMetric("mse", "MSE x1e3", scale=1e3, decimals=3),
+        ),
+    ),
+    (
+        "Samples, on the feature extractor's features",
+        (
+            StudyMetric("fid_proxy", "FID-proxy"),
+            StudyMetric("fid_proxy_recon", "FID-proxy recon"),
+            # raw MMD² of ReLU features: tens, not 1e-3
+            StudyMetric("kid_proxy", "KID-proxy"),
+            StudyMetric("precision", "precision", higher_is_better=True, decimals=3),
+            StudyMetric("recall", "recall", higher_is_better=True, decimals=3),
+            StudyMetric("class_coverage", "class coverage", higher_is_better=True, decimals=3),
+        ),
+    ),
+    (
+        # only variants with an editable map have these (NaN otherwise)
+        "Steering by attention (variants with an editable map; 1,000 prior samples, each "
+        "half of the image emphasised x8 / suppressed x0.05)",
+        (
+            StudyMetric(
+                "steer_emphasis_ink_share",
+                "ink share, emphasised (points)",
+                higher_is_better=True,
+                scale=100,
+                decimals=1,
+            ),
+            # where the suppressed half's ink share should fall: lower is better
+            StudyMetric(
+                "steer_suppression_ink_share",
+                "ink share, suppressed (points)",
+                scale=100,
+                decimals=1,
+            ),
+            StudyMetric(
+                "steer_suppression_locality", "locality, suppressed (in/out)", higher_is_better=True
+            ),
+            StudyMetric(
+                "steer_confidence_ratio", "confidence kept", higher_is_better=True, decimals=3
+            ),
+            StudyMetric("steer_class_kept", "class kept", higher_is_better=True, decimals=3),
+        ),
+    ),
 )
-HIGHER_IS_BETTER = frozenset(
-    {
-        "precision",
-        "recall",
-        "class_coverage",
-        "steer_emphasis_ink_share",
-        "steer_suppression_locality",
-        "steer_confidence_ratio",
-        "steer_class_kept",
-    }
-)
+#: Every metric of the tables, by name.
+METRICS: dict[str, StudyMetric] = {m.name: m for _, metrics in TABLES for m in metrics}
 
 
 def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
@@ -182,48 +219,12 @@ def compare_variants(baseline: str, **rows: dict[str, Any]) -> tuple[pd.DataFram
 def _verdict(metric: str, diff: float, half_width: float) -> str:
     if math.isnan(half_width) or abs(diff) <= half_width:
         return "no clear difference"
-    better = diff > 0 if metric in HIGHER_IS_BETTER else diff < 0
+    better = diff > 0 if METRICS[metric].higher_is_better else diff < 0
     return "better" if better else "worse"
 
 
-#: The Markdown tables: (title, [(metric, column label, scale, decimals)]).
-TABLES = (
-    (
-        "Likelihood and reconstruction (nats per image; MSE per pixel)",
-        [
-            ("neg_elbo", "test -ELBO", 1, 2),
-            ("nll_iw", "NLL (IW)", 1, 2),
-            ("recon_bce", "recon BCE", 1, 2),
-            ("kl", "KL", 1, 2),
-            ("mse", "MSE x1e3", 1e3, 3),
-        ],
-    ),
-    (
-        "Samples, on the feature extractor's features",
-        [
-            ("fid_proxy", "FID-proxy", 1, 2),
-            ("fid_proxy_recon", "FID-proxy recon", 1, 2),
-            ("kid_proxy", "KID-proxy", 1, 2),  # raw MMD² of ReLU features: tens, not 1e-3
-            ("precision", "precision", 1, 3),
-            ("recall", "recall", 1, 3),
-            ("class_coverage", "class coverage", 1, 3),
-        ],
-    ),
-    (
-        "Steering by attention (variants with an editable map; 1,000 prior samples, each "
-        "half of the image emphasised x8 / suppressed x0.05)",
-        [
-            ("steer_emphasis_ink_share", "ink share, emphasised (points)", 100, 1),
-            ("steer_suppression_ink_share", "ink share, suppressed (points)", 100, 1),
-            ("steer_suppression_locality", "locality, suppressed (in/out)", 1, 2),
-            ("steer_confidence_ratio", "confidence kept", 1, 3),
-            ("steer_class_kept", "class kept", 1, 3),
-        ],
-    ),
-)
-
-
-def _cell(r: Any, metric: str, scale: float, decimals: int) -> str:
+def _cell(r: Any, spec: StudyMetric) -> str:
+    metric, scale, decimals = spec.name, spec.scale, spec.decimals
     mean, std = scale * getattr(r, f"{metric}_mean"), scale * getattr(r, f"{metric}_std")
     text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
     if r.entry == r.baseline or math.isnan(getattr(r, f"{metric}_diff")):
@@ -253,14 +254,14 @@ def to_markdown(table: pd.DataFrame) -> str:
             f"**{title}**",
             "",
             "| entry | seeds | parameters | s/epoch | "
-            + " | ".join(label for _, label, _, _ in columns)
+            + " | ".join(spec.label for spec in columns)
             + " |",
             "|---|---:|---:|---:|" + "---|" * len(columns),
         ]
         for r in table.itertuples():
-            if all(math.isnan(getattr(r, f"{metric}_mean")) for metric, *_ in columns):
+            if all(math.isnan(getattr(r, f"{spec.name}_mean")) for spec in columns):
                 continue  # a variant without these metrics (no map to steer)
-            cells = [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in columns]
+            cells = [_cell(r, spec) for spec in columns]
             lines.append(
                 f"| {_entry_label(r)} | {r.seeds} | {r.n_parameters:,} | {r.epoch_seconds:.1f} | "
                 + " | ".join(cells)
@@ -271,8 +272,9 @@ def to_markdown(table: pd.DataFrame) -> str:
         f"Each cell: mean ± standard deviation over seeds; then the difference from "
         f"`{first['baseline']}`, "
         "paired by seed, with the half-width of a 95% t interval, and the verdict it allows. "
-        "Lower is better but for precision, recall, class coverage and the steering figures "
-        "(where the suppressed half's ink share should fall)."
+        "Lower is better but for "
+        + ", ".join(spec.label for spec in METRICS.values() if spec.higher_is_better)
+        + "."
     )
     return "\n".join(lines) + "\n"
 
