@@ -111,7 +111,9 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
     assert len(parents) == 1
     client = mlflow.MlflowClient(tracking_uri)
-    assert client.get_run(parents.pop()).info.run_name == "default"  # not "__default__"
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "default"  # not "__default__"
+    assert parent.data.tags["runner"] == "SequentialRunner"  # not an object's repr
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # the same names, but for what only a variant with a spatial map has

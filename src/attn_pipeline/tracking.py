@@ -197,11 +197,15 @@ class VariantRunsHook:
 
     # trylast: after kedro-mlflow has opened the parent run.
     @hook_impl(trylast=True)
-    def before_pipeline_run(self) -> None:
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         parent = mlflow.active_run()
         if parent is None:
             return  # tracking off for this pipeline
         tags = _owner_tags()
+        runner = run_params.get("runner")
+        if runner is not None and not isinstance(runner, str):
+            # kedro-mlflow tags the runner object's repr (an address, new every run)
+            tags["runner"] = type(runner).__name__
         if parent.info.run_name == DEFAULT_PIPELINE:  # kedro-mlflow names it after the pipeline
             tags["mlflow.runName"] = "default"
         mlflow.set_tags(tags)
