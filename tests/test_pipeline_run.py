@@ -16,6 +16,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import ConfigError
+from attn_pipeline.tracking import runner_name
 from tests.conftest import write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -380,3 +381,21 @@ def test_a_misspelt_top_level_param_is_refused_with_the_nearest_name(
     with pytest.raises(ConfigError, match=r"'trian' \(did you mean 'train'\?\)"):
         _run(project, tracking_uri, monkeypatch, {"trian": {"epochs": 1}})
     assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize(
+    ("recorded", "tag"),
+    [
+        (
+            "<kedro.runner.sequential_runner.SequentialRunner object at 0x7f70fbbce610>",
+            "SequentialRunner",
+        ),
+        (
+            "<kedro.runner.parallel_runner.ParallelRunner object at 0x7f70fbbce610>",
+            "ParallelRunner",
+        ),
+        ("None", "SequentialRunner"),  # `kedro run` without --runner
+    ],
+)
+def test_the_runner_tag_is_a_class_name(recorded: str, tag: str) -> None:
+    assert runner_name(recorded) == tag

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -103,6 +104,16 @@ DEFAULT_PIPELINE = "__default__"
 #: MLflow 3's experiment type, which decides the page its UI opens an experiment on.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+
+
+def runner_name(described: str) -> str:
+    """The runner's class name from what Kedro records of it: the object's repr (``<kedro.
+    runner.sequential_runner.SequentialRunner object at 0x...>``, a new address every run,
+    which kedro-mlflow tags as it is), or ``None`` for the session's default runner."""
+    if described == "None":
+        return "SequentialRunner"
+    match = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", described)
+    return match.group(1) if match else described
 
 
 def end_open_runs(status: str = "KILLED") -> None:
@@ -202,10 +213,7 @@ class VariantRunsHook:
         if parent is None:
             return  # tracking off for this pipeline
         tags = _owner_tags()
-        runner = run_params.get("runner")
-        if runner is not None and not isinstance(runner, str):
-            # kedro-mlflow tags the runner object's repr (an address, new every run)
-            tags["runner"] = type(runner).__name__
+        tags["runner"] = runner_name(str(run_params.get("runner")))
         if parent.info.run_name == DEFAULT_PIPELINE:  # kedro-mlflow names it after the pipeline
             tags["mlflow.runName"] = "default"
         mlflow.set_tags(tags)
