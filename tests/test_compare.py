@@ -48,7 +48,7 @@ def test_paired_differences_and_t_interval() -> None:
         "spatial_seed1": _row("spatial", 1, 100.8),
         "spatial_seed2": _row("spatial", 2, 100.2),
     }
-    table, markdown, figure = compare_variants(baseline="none", **rows)
+    table, markdown, figure, runs = compare_variants(baseline="none", **rows)
     spatial = table.set_index("entry").loc["spatial"]
     differences = [-1.0, -1.2, -0.8]
     assert spatial["neg_elbo_mean"] == pytest.approx(100.0)
@@ -58,14 +58,22 @@ def test_paired_differences_and_t_interval() -> None:
     assert spatial["neg_elbo_diff_ci95"] == pytest.approx(half)
     assert "| spatial | 3 |" in markdown and "-1.00 [±0.50] better" in markdown
     assert "feature extractor `abc`, N = 1,000 samples; NLL (IW): K = 100" in markdown
+    # a forest plot per headline metric: the paired difference, its interval, a zero line
     assert len(figure.axes) == 2
+    nll_axis = figure.axes[0]
+    assert "NLL (IW): difference from none" in nll_axis.get_xlabel()
+    points = nll_axis.lines[0].get_xdata()
+    assert list(points) == pytest.approx([spatial["nll_iw_diff"]])
+    low, high = nll_axis.get_xlim()
+    assert low < 0 < high  # the zero line is in view
+    assert len(runs) == 6 and set(runs["entry"]) == {"none", "spatial"}  # per-seed rows
 
 
 def test_higher_is_better_metrics_get_the_right_verdict() -> None:
     rows = {f"none{s}": _row("none", s, 100.0) for s in range(3)}
     for s, recall in enumerate((0.60, 0.61, 0.62)):
         rows[f"cbam{s}"] = {**_row("cbam", s, 100.0), "recall": recall}
-    _, markdown, _ = compare_variants(baseline="none", **rows)
+    _, markdown, _, _ = compare_variants(baseline="none", **rows)
     assert "+0.110 [±0.025] better" in markdown
 
 
@@ -85,7 +93,7 @@ def test_overlapping_interval_is_called_no_clear_difference() -> None:
         "c": _row("self", 0, 101.0),
         "d": _row("self", 1, 100.0),
     }
-    _, markdown, _ = compare_variants(baseline="none", **rows)
+    _, markdown, _, _ = compare_variants(baseline="none", **rows)
     assert "no clear difference" in markdown
 
 
@@ -103,7 +111,7 @@ def test_rows_are_keyed_by_entry_not_architecture() -> None:
     for s in range(2):
         rows[f"none_seed{s}"] = _row("none", s, 100.0 + s)
         rows[f"none_wide_seed{s}"] = _row("none_wide", s, 99.0 + s, architecture="none")
-    table, markdown, _ = compare_variants(baseline="none_wide", **rows)
+    table, markdown, _, _ = compare_variants(baseline="none_wide", **rows)
     assert list(table["entry"]) == ["none", "none_wide"]
     assert list(table["seeds"]) == [2, 2]
     assert table.set_index("entry").loc["none", "neg_elbo_diff"] == pytest.approx(1.0)

@@ -266,7 +266,7 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         assert ("test/steer_suppression_ink_share" in steer) == has_map
         assert has_map or not steer
     parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
-    assert {"comparison.csv", "comparison.md", "comparison.png"} <= parent_artifacts
+    assert {"comparison.csv", "comparison.md", "comparison.png", "runs.csv"} <= parent_artifacts
     table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
     assert list(table["entry"]) == ["none", "spatial_gate"]
     assert {r.data.tags["entry"] for r in children} == {"none", "spatial_gate"}

@@ -172,8 +172,11 @@ def _confidence_interval(differences: np.ndarray, level: float = 0.95) -> float:
     return float(t * differences.std(ddof=1) / math.sqrt(len(differences)))
 
 
-def compare_variants(baseline: str, **rows: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure]:
-    """The comparison table (CSV and Markdown) and a bar chart of the test loss.
+def compare_variants(
+    baseline: str, **rows: dict[str, Any]
+) -> tuple[pd.DataFrame, str, Figure, pd.DataFrame]:
+    """The comparison table (CSV and Markdown), a forest plot of the paired differences,
+    and the per-seed rows it was computed from.
 
     One row per study entry (by name: two entries of one architecture stay two rows): mean
     and standard deviation over seeds of each test metric, the parameter count, the median
@@ -213,7 +216,7 @@ def compare_variants(baseline: str, **rows: dict[str, Any]) -> tuple[pd.DataFram
             record[f"{metric}_diff_ci95"] = _confidence_interval(paired)
         records.append(record)
     table = pd.DataFrame(records)
-    return table, to_markdown(table), bar_chart(table)
+    return table, to_markdown(table), forest_plot(table), runs
 
 
 def _verdict(metric: str, diff: float, half_width: float) -> str:
@@ -279,26 +282,30 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(table: pd.DataFrame) -> Figure:
-    """Test negative ELBO and FID-proxy per variant (mean, with the std over seeds)."""
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
-    x = np.arange(len(table))
-    colours = [
-        "#888888" if e == b else "#3b6ea8"
-        for e, b in zip(table["entry"], table["baseline"], strict=True)
-    ]
-    for ax, metric, label in zip(
-        figure.subplots(1, 2),
-        ("neg_elbo", "fid_proxy"),
-        ("test negative ELBO (nats / image)", "FID-proxy of samples"),
-        strict=True,
-    ):
-        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0)
-        ax.bar(x, mean, yerr=std, capsize=4, color=colours)
-        ax.set_xticks(x, table["entry"])
-        low, high = float((mean - std).min()), float((mean + std).max())
-        margin = max(0.05 * high, 0.5 * (high - low))
-        ax.set_ylim(max(0.0, low - margin), high + margin)
-        ax.set_ylabel(label)
-    figure.suptitle("Variants at equal budget (lower is better)")
+#: The metrics the forest plot shows: the study's headline figures.
+HEADLINE_METRICS = ("nll_iw", "fid_proxy")
+
+
+def forest_plot(table: pd.DataFrame) -> Figure:
+    """Each entry's paired difference from the baseline, with its 95% interval, per
+    headline metric: a zero line to read them against, and axes that start nowhere but
+    where the differences are (a bar chart of the means made small differences look large).
+    """
+    others = table[table["entry"] != table["baseline"]]
+    figure = Figure(figsize=(9, 0.6 + 0.45 * max(len(others), 1) + 1.0), layout="constrained")
+    y = np.arange(len(others))[::-1]
+    for ax, metric in zip(figure.subplots(1, len(HEADLINE_METRICS)), HEADLINE_METRICS, strict=True):
+        spec = METRICS[metric]
+        diff = others[f"{metric}_diff"].to_numpy()
+        half = others[f"{metric}_diff_ci95"].fillna(0).to_numpy()
+        ax.errorbar(diff, y, xerr=half, fmt="o", color="#3b6ea8", capsize=4)
+        ax.axvline(0.0, color="#888888", linewidth=1)
+        ax.set_yticks(y, [_entry_label(r) for r in others.itertuples()])
+        better = "higher" if spec.higher_is_better else "lower"
+        ax.set_xlabel(
+            f"{spec.label}: difference from {table['baseline'].iloc[0]} ({better} is better)"
+        )
+        reach = float(np.nanmax(np.abs(np.concatenate([diff - half, diff + half, [0.0]]))))
+        ax.set_xlim(-1.1 * reach - 1e-9, 1.1 * reach + 1e-9)
+    figure.suptitle("Paired differences by seed, with 95% t intervals")
     return figure

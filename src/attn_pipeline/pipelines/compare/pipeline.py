@@ -53,7 +53,7 @@ def create_pipeline(
             "baseline": "params:study.baseline",
             **{run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
         },
-        outputs=["study_table", "study_table_markdown", "study_chart"],
+        outputs=["study_table", "study_table_markdown", "study_chart", "study_runs"],
         name="compare_variants",
     )
     return (
