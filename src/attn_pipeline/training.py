@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -156,8 +156,9 @@ class TrainingState:
             torch.cuda.set_rng_state(self.cuda_rng, device)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain tensors and values: what ``torch.load(weights_only=True)`` reads back."""
-        return asdict(self)
+        """Plain tensors and values: what ``torch.load(weights_only=True)`` reads back.
+        Shallow: ``dataclasses.asdict`` would deep-copy every tensor at every epoch."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingState:
