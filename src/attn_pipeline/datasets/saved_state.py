@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
+from .torch_dataset import write_atomically
+
 logger = logging.getLogger(__name__)
 
 #: Completes a training configuration's description; raise it when the layout of the
@@ -31,13 +33,6 @@ def configuration_key(description: dict[str, Any]) -> str:
     """A short stable hash of ``description`` (plain JSON values): the folder's name."""
     canonical = json.dumps({"format": STATE_FORMAT, **description}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _write_atomically(path: Path, save: Any) -> None:
-    """``save(tmp)`` then rename: ``path`` is either absent, the old file or the new one."""
-    tmp = path.with_name(path.name + ".partial")
-    save(tmp)
-    tmp.replace(path)
 
 
 class TrainingCheckpoints:
@@ -82,14 +77,14 @@ class TrainingCheckpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
         description_file = self.folder / "configuration.json"
         if not description_file.is_file():
-            _write_atomically(
+            write_atomically(
                 description_file,
                 lambda tmp: tmp.write_text(json.dumps(self.description, indent=2) + "\n"),
             )
-        _write_atomically(
+        write_atomically(
             self.folder / f"epoch_{epoch:03d}.pt", lambda tmp: torch.save(model_checkpoint, tmp)
         )
-        _write_atomically(self.resume_file, lambda tmp: torch.save(state, tmp))
+        write_atomically(self.resume_file, lambda tmp: torch.save(state, tmp))
 
     def clear(self) -> None:
         """Forget every saved epoch of this configuration (``train.resume: false``)."""
@@ -108,8 +103,27 @@ class CheckpointFolders:
         return TrainingCheckpoints(self.root / configuration_key(description), description)
 
 
-class TrainingCheckpointsDataset(AbstractDataset[None, CheckpointFolders]):
-    """Loads as a :class:`CheckpointFolders` handle on ``path``; never saved as a whole.
+class _HandleDataset(AbstractDataset[None, Any]):
+    """A dataset that loads as a handle on the folder ``path`` and is written through it,
+    never saved as a whole. Always exists: an empty folder means nothing saved yet."""
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = PurePosixPath(path)
+        self.metadata = metadata
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._path} is written through the handle its load() returns")
+
+    def _exists(self) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+
+class TrainingCheckpointsDataset(_HandleDataset):
+    """Loads as a :class:`CheckpointFolders` handle on ``path``, which training writes each
+    epoch through.
 
     Example catalog entry::
 
@@ -118,24 +132,8 @@ class TrainingCheckpointsDataset(AbstractDataset[None, CheckpointFolders]):
           path: data/06_models/{variant}/training
     """
 
-    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
-        self._path = PurePosixPath(path)
-        self.metadata = metadata
-
     def load(self) -> CheckpointFolders:
         return CheckpointFolders(Path(self._path))
-
-    def save(self, data: None) -> None:
-        raise DatasetError(
-            f"{self._path} is written epoch by epoch through the handle its load() returns, "
-            "not saved as a whole"
-        )
-
-    def _exists(self) -> bool:
-        return True  # an empty folder is a valid state: nothing trained yet
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}
 
 
 class ResultCache:
@@ -162,11 +160,11 @@ class ResultCache:
     def put(self, description: dict[str, Any], result: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"description": description, "result": result}, indent=2) + "\n"
-        _write_atomically(self._path(description), lambda tmp: tmp.write_text(text))
+        write_atomically(self._path(description), lambda tmp: tmp.write_text(text))
 
 
-class ResultCacheDataset(AbstractDataset[None, ResultCache]):
-    """Loads as a :class:`ResultCache` on ``path``; written through it, never as a whole.
+class ResultCacheDataset(_HandleDataset):
+    """Loads as a :class:`ResultCache` on ``path``.
 
     Example catalog entry::
 
@@ -175,18 +173,5 @@ class ResultCacheDataset(AbstractDataset[None, ResultCache]):
           path: data/07_model_output/{variant}/evaluations
     """
 
-    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
-        self._path = PurePosixPath(path)
-        self.metadata = metadata
-
     def load(self) -> ResultCache:
         return ResultCache(Path(self._path))
-
-    def save(self, data: None) -> None:
-        raise DatasetError(f"{self._path} is written through the handle its load() returns")
-
-    def _exists(self) -> bool:
-        return True
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 from kedro.io import AbstractDataset, DatasetError
+
+
+def write_atomically(path: Path, save: Callable[[Path], object]) -> None:
+    """``save(tmp)`` then rename: ``path`` is either absent, the old file or the new one,
+    whenever the process is killed; a leftover ``<name>.partial`` is never read."""
+    tmp = path.with_name(path.name + ".partial")
+    save(tmp)
+    tmp.replace(path)
 
 
 class TorchDataset(AbstractDataset[Any, Any]):
@@ -45,9 +54,7 @@ class TorchDataset(AbstractDataset[Any, Any]):
     def save(self, data: Any) -> None:
         path = Path(self._filepath)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(data, tmp)
-        tmp.replace(path)
+        write_atomically(path, lambda tmp: torch.save(data, tmp))
 
     def _exists(self) -> bool:
         return Path(self._filepath).is_file()
