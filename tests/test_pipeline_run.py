@@ -225,16 +225,16 @@ def test_bad_config_stops_the_run_before_any_node(
     assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
 
 
+def _run_study(project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small study of conf/local: one epoch per cell."""
+    study = {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}}
+    _run(project, tracking_uri, monkeypatch, study, pipeline="compare")
+
+
 def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _run(
-        default_run,
-        tracking_uri,
-        monkeypatch,
-        {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}},
-        pipeline="compare",
-    )
+    _run_study(default_run, tracking_uri, monkeypatch)
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
@@ -296,13 +296,7 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     assert len([p for p in saved if p.name == "resume.pt"]) == 4
     assert len([p for p in saved if p.suffix == ".json"]) == 4
     before = (default_run / "data/08_reporting/study/comparison.csv").read_text()
-    _run(
-        default_run,
-        tracking_uri,
-        monkeypatch,
-        {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}},
-        pipeline="compare",
-    )
+    _run_study(default_run, tracking_uri, monkeypatch)
     assert {path: path.stat().st_mtime_ns for path in saved} == saved
     after = (default_run / "data/08_reporting/study/comparison.csv").read_text()
     assert after == before
