@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from attn_pipeline.config import StudyConfig
-from attn_pipeline.pipelines.compare.nodes import METRICS, compare_variants, summarise_run
+from attn_pipeline.pipelines.compare.nodes import (
+    METRICS,
+    compare_variants,
+    holm,
+    summarise_run,
+)
 
 
 def _row(
@@ -48,22 +54,28 @@ def test_paired_differences_and_t_interval() -> None:
         "spatial_seed1": _row("spatial", 1, 100.8),
         "spatial_seed2": _row("spatial", 2, 100.2),
     }
-    table, markdown, figure, runs = compare_variants(baseline="none", **rows)
+    table, differences, markdown, figure, runs = compare_variants(baselines=["none"], **rows)
     spatial = table.set_index("entry").loc["spatial"]
-    differences = [-1.0, -1.2, -0.8]
+    paired = pd.Series([-1.0, -1.2, -0.8])
     assert spatial["neg_elbo_mean"] == pytest.approx(100.0)
     assert spatial["neg_elbo_std"] == pytest.approx(pd.Series([99.0, 100.8, 100.2]).std())
-    assert spatial["neg_elbo_diff"] == pytest.approx(-1.0)
-    half = stats.t.ppf(0.975, 2) * pd.Series(differences).std() / math.sqrt(3)
-    assert spatial["neg_elbo_diff_ci95"] == pytest.approx(half)
+    elbo = differences.set_index(["entry", "metric"]).loc[("spatial", "neg_elbo")]
+    assert elbo["baseline"] == "none" and elbo["diff"] == pytest.approx(-1.0)
+    half = stats.t.ppf(0.975, 2) * paired.std() / math.sqrt(3)
+    assert elbo["ci95"] == pytest.approx(half)
+    assert elbo["p"] == pytest.approx(stats.ttest_rel([99.0, 100.8, 100.2], [100, 102, 101]).pvalue)
     assert "| spatial | 3 |" in markdown and "-1.00 [±0.50] better" in markdown
+    # one comparison per headline metric: Holm's adjustment leaves its p-value as it is
+    nll = differences.set_index(["entry", "metric"]).loc[("spatial", "nll_iw")]
+    assert nll["p_holm"] == pytest.approx(nll["p"]) and nll["verdict"] == "better"
+    assert "| spatial | none | equal budget and size | -1.00 [±0.50], p = 0.0" in markdown
     assert "feature extractor `abc`, N = 1,000 samples; NLL (IW): K = 100" in markdown
     # a forest plot per headline metric: the paired difference, its interval, a zero line
     assert len(figure.axes) == 2
     nll_axis = figure.axes[0]
-    assert "NLL (IW): difference from none" in nll_axis.get_xlabel()
+    assert "NLL (IW): difference" in nll_axis.get_xlabel()
     points = nll_axis.lines[0].get_xdata()
-    assert list(points) == pytest.approx([spatial["nll_iw_diff"]])
+    assert list(points) == pytest.approx([nll["diff"]])
     low, high = nll_axis.get_xlim()
     assert low < 0 < high  # the zero line is in view
     assert len(runs) == 6 and set(runs["entry"]) == {"none", "spatial"}  # per-seed rows
@@ -73,7 +85,7 @@ def test_higher_is_better_metrics_get_the_right_verdict() -> None:
     rows = {f"none{s}": _row("none", s, 100.0) for s in range(3)}
     for s, recall in enumerate((0.60, 0.61, 0.62)):
         rows[f"cbam{s}"] = {**_row("cbam", s, 100.0), "recall": recall}
-    _, markdown, _, _ = compare_variants(baseline="none", **rows)
+    _, _, markdown, _, _ = compare_variants(baselines=["none"], **rows)
     assert "+0.110 [±0.025] better" in markdown
 
 
@@ -83,7 +95,7 @@ def test_figures_from_different_extractors_are_refused() -> None:
         "b": _row("spatial", 0, 99.0, extractor="def"),
     }
     with pytest.raises(ValueError, match=r"different feature extractors \(\['abc', 'def'\]\)"):
-        compare_variants(baseline="none", **rows)
+        compare_variants(baselines=["none"], **rows)
 
 
 def test_overlapping_interval_is_called_no_clear_difference() -> None:
@@ -93,15 +105,15 @@ def test_overlapping_interval_is_called_no_clear_difference() -> None:
         "c": _row("self", 0, 101.0),
         "d": _row("self", 1, 100.0),
     }
-    _, markdown, _, _ = compare_variants(baseline="none", **rows)
+    _, _, markdown, _, _ = compare_variants(baselines=["none"], **rows)
     assert "no clear difference" in markdown
 
 
 def test_study_without_the_baseline_is_refused() -> None:
-    with pytest.raises(ValueError, match="baseline 'none' .* not among its entries"):
-        compare_variants(baseline="none", a=_row("latent", 0, 100.0))
-    with pytest.raises(ValueError, match=r"study.baseline 'wide' must be one of"):
-        StudyConfig(variants=["none", "latent"], baseline="wide")
+    with pytest.raises(ValueError, match=r"baselines \['none'\] .* not among its entries"):
+        compare_variants(baselines=["none"], a=_row("latent", 0, 100.0))
+    with pytest.raises(ValueError, match=r"study.baselines \['wide'\] must be distinct names of"):
+        StudyConfig(variants=["none", "latent"], baselines=["wide"])
 
 
 def test_rows_are_keyed_by_entry_not_architecture() -> None:
@@ -111,12 +123,59 @@ def test_rows_are_keyed_by_entry_not_architecture() -> None:
     for s in range(2):
         rows[f"none_seed{s}"] = _row("none", s, 100.0 + s)
         rows[f"none_wide_seed{s}"] = _row("none_wide", s, 99.0 + s, architecture="none")
-    table, markdown, _, _ = compare_variants(baseline="none_wide", **rows)
+    table, differences, markdown, _, _ = compare_variants(baselines=["none_wide"], **rows)
     assert list(table["entry"]) == ["none", "none_wide"]
     assert list(table["seeds"]) == [2, 2]
-    assert table.set_index("entry").loc["none", "neg_elbo_diff"] == pytest.approx(1.0)
+    elbo = differences.set_index(["entry", "metric"]).loc[("none", "neg_elbo")]
+    assert elbo["diff"] == pytest.approx(1.0)
     assert "| none_wide (none) | 2 |" in markdown
     assert "difference from `none_wide`" in markdown
+
+
+def test_holm_adjustment() -> None:
+    # the textbook example: m = 4, sorted p 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06, 0.06
+    adjusted = holm(np.array([0.03, 0.01, 0.04, 0.02]))
+    assert list(adjusted) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert list(holm(np.array([0.5, 0.001]))) == pytest.approx([0.5, 0.002])
+
+
+def test_two_baselines_each_family_adjusted_and_compared_once() -> None:
+    """With an equal-budget and an equal-size baseline, every other entry is compared with
+    both, the two baselines once; Holm adjusts each (baseline, headline metric) family over
+    the entries in it, and the verdicts follow the adjusted p-values."""
+    rows = {}
+    offsets = {"none": 0.0, "wide": -0.5, "a": -1.0, "b": -0.1}
+    noise = [0.0, 0.3, -0.2, 0.1, -0.1]
+    for entry, offset in offsets.items():
+        for s, e in enumerate(noise):
+            jitter = 0.05 * s if entry == "a" else (0.4 * e if entry == "b" else 0.0)
+            rows[f"{entry}{s}"] = {
+                **_row(entry, s, 100.0 + e + offset + jitter),
+                "n_parameters": 130 if entry in ("wide", "a") else 100,
+            }
+    _, differences, markdown, figure, _ = compare_variants(baselines=["none", "wide"], **rows)
+    headline = differences[differences["metric"] == "nll_iw"]
+    pairs = list(zip(headline["entry"], headline["baseline"], strict=True))
+    assert pairs == [
+        ("wide", "none"),
+        ("a", "none"),
+        ("b", "none"),
+        ("a", "wide"),
+        ("b", "wide"),
+    ]
+    for _, family in headline.groupby("baseline"):
+        assert list(family["p_holm"]) == pytest.approx(list(holm(family["p"].to_numpy())))
+    assert (headline["p_holm"] >= headline["p"]).all()
+    kinds = dict(zip(pairs, headline["comparison"], strict=True))
+    assert kinds[("a", "wide")] == "equal budget and size"
+    assert kinds[("a", "none")] == "equal budget, +30% parameters"
+    verdicts = dict(zip(pairs, headline["verdict"], strict=True))
+    assert verdicts[("a", "none")] == "better" and verdicts[("b", "wide")] != "better"
+    # non-headline metrics get no Holm p-value; their verdict is the plain interval's
+    assert differences[differences["metric"] == "mse"]["p_holm"].isna().all()
+    assert "3 against `none`, 2 against `wide`" in markdown
+    assert "| a | wide | equal budget and size |" in markdown
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()][0] == "wide vs none"
 
 
 def test_summarise_run_reads_the_run_outputs() -> None:

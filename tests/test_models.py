@@ -14,10 +14,13 @@ from attn_pipeline.models import (
     LatentSoftmaxAttention,
     SelfAttention2d,
     build_vae,
+    count_parameters,
     load_checkpoint,
     make_checkpoint,
 )
 from attn_pipeline.models.backbones import SubPixelConvTranspose2d
+from attn_pipeline.pipeline_registry import load_parameters
+from attn_pipeline.pipelines.compare.nodes import EQUAL_SIZE_TOLERANCE, comparison_kind
 from attn_pipeline.training import TrainingDivergedError, fit
 from tests.conftest import digit_like_images
 
@@ -183,3 +186,18 @@ def test_a_diverging_training_stops_at_the_first_non_finite_loss(batch: torch.Te
     # the step that produced it was refused: every weight that reached the optimizer is finite
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_studys_size_baseline_matches_its_largest_variant() -> None:
+    """``none_wide`` is the equal-size baseline: within 2% of the parameters of the study's
+    largest entry, as the comparison table says (read from the project's own parameters)."""
+    params = load_parameters(env="base")
+    sizes = {
+        name: count_parameters(build_vae(ModelConfig.model_validate(params[name]["model"])))
+        for name in params["study"]["variants"]
+    }
+    largest = max(sizes.values())
+    assert "none_wide" in params["study"]["baselines"]
+    assert abs(sizes["none_wide"] / largest - 1) <= EQUAL_SIZE_TOLERANCE
+    assert comparison_kind(sizes["latent"], sizes["none_wide"]) == "equal budget and size"
+    assert comparison_kind(sizes["latent"], sizes["none"]) == "equal budget, +24% parameters"

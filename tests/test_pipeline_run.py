@@ -54,7 +54,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "conf" / "local").mkdir()
     # a small study: two variants (one steerable), two seeds
     (root / "conf" / "local" / "parameters.yml").write_text(
-        "study:\n  variants: [none, spatial_gate]\n  seeds: [0, 1]\n"
+        "study:\n  variants: [none, spatial_gate]\n  seeds: [0, 1]\n  baselines: [none]\n"
     )
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # the package itself is imported from the environment
@@ -266,13 +266,21 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         assert ("test/steer_suppression_ink_share" in steer) == has_map
         assert has_map or not steer
     parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
-    assert {"comparison.csv", "comparison.md", "comparison.png", "runs.csv"} <= parent_artifacts
+    assert {
+        "comparison.csv",
+        "differences.csv",
+        "comparison.md",
+        "comparison.png",
+        "runs.csv",
+    } <= parent_artifacts
     table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
     assert list(table["entry"]) == ["none", "spatial_gate"]
     assert {r.data.tags["entry"] for r in children} == {"none", "spatial_gate"}
     assert table["steer_suppression_ink_share_mean"].isna().tolist() == [True, False]
     assert list(table["seeds"]) == [2, 2]
-    assert table.loc[0, "neg_elbo_diff"] == 0.0
+    differences = pd.read_csv(default_run / "data/08_reporting/study/differences.csv")
+    assert list(differences["baseline"].unique()) == ["none"]
+    assert list(differences["entry"].unique()) == ["spatial_gate"]
     markdown = (default_run / "data/08_reporting/study/comparison.md").read_text()
     assert "| spatial_gate | 2 |" in markdown
     assert markdown.count("| spatial_gate | 2 |") == 3  # the steering table has its row

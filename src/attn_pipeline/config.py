@@ -107,7 +107,7 @@ class TrainConfig(_Config):
     batch_size: PositiveInt = 128
     learning_rate: float = Field(1e-3, gt=0)
     beta: float = Field(1.0, ge=0, description="weight of the KL term")
-    kl_warmup_epochs: int = Field(0, ge=0, description="epochs over which beta ramps up from 0")
+    kl_warmup_epochs: int = Field(2, ge=0, description="epochs over which beta ramps up from 0")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     resume: bool = Field(
@@ -218,17 +218,33 @@ class StudyConfig(_Config):
     """The ``compare`` study (``params:study``): which variants, over which seeds."""
 
     variants: list[str] = Field(
-        default_factory=lambda: ["none", "latent", "spatial", "spatial_gate", "self", "cbam"],
+        default_factory=lambda: [
+            "none",
+            "none_wide",
+            "latent",
+            "spatial",
+            "spatial_gate",
+            "self",
+            "cbam",
+        ],
         min_length=1,
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    baseline: str = Field("none", description="the entry every other is compared with")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    baselines: list[str] = Field(
+        default_factory=lambda: ["none", "none_wide"],
+        min_length=1,
+        description="the entries every other is compared with, paired by seed; the first "
+        "is the one the per-metric tables print differences from",
+    )
 
     @model_validator(mode="after")
-    def _baseline_and_distinct_seeds(self) -> StudyConfig:
-        if self.baseline not in self.variants:
+    def _baselines_and_distinct_seeds(self) -> StudyConfig:
+        missing = [name for name in self.baselines if name not in self.variants]
+        if missing or len(set(self.baselines)) != len(self.baselines):
             raise ValueError(
-                f"study.baseline '{self.baseline}' must be one of study.variants {self.variants}"
+                f"study.baselines {self.baselines} must be distinct names of study.variants "
+                f"{self.variants}: add them to study.variants, or set study.baselines to "
+                "entries it has (for example `baselines: [none]`)"
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"study.seeds must be distinct, got {self.seeds}")

@@ -50,10 +50,16 @@ def create_pipeline(
     table = Node(
         compare_variants,
         inputs={
-            "baseline": "params:study.baseline",
+            "baselines": "params:study.baselines",
             **{run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
         },
-        outputs=["study_table", "study_table_markdown", "study_chart", "study_runs"],
+        outputs=[
+            "study_table",
+            "study_differences",
+            "study_table_markdown",
+            "study_chart",
+            "study_runs",
+        ],
         name="compare_variants",
     )
     return (
