@@ -237,6 +237,12 @@ class StudyConfig(_Config):
         "is the one the per-metric tables print differences from",
     )
 
+    workers: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="cells `attn-study` runs at once, each its own process; auto: one per "
+        "CPU core, one thread each (at most 4 per GPU where CUDA is used)",
+    )
+
     @model_validator(mode="after")
     def _baselines_and_distinct_seeds(self) -> StudyConfig:
         missing = [name for name in self.baselines if name not in self.variants]

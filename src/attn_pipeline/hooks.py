@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
 from attn_pipeline.pipeline_registry import load_parameters, pipeline_plan
-from attn_pipeline.run_guard import ProjectRunLock
+from attn_pipeline.run_guard import ProjectRunLock, output_groups
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class RunPlanCheckHook:
             check_pipeline_plan(self._params, self._env)
         self._check_budget(pipeline, catalog)
         if self._lock is not None:  # last: a refused run holds nothing
-            self._lock.acquire()
+            self._lock.acquire(output_groups({node.namespace for node in pipeline.nodes}))
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -1,5 +1,5 @@
 """What lets several runs share a machine: a tracking store created once, under a lock, and
-one run at a time per project folder.
+one run at a time per project folder and namespace.
 
 Both use ``fcntl.flock`` on a lock file: the kernel releases it when the process ends, however
 it ends (SIGKILL included), so a killed run never leaves a stale lock behind.
@@ -62,41 +62,63 @@ def prepare_tracking_store(tracking_uri: str, project_path: Path) -> None:
         mlflow.MlflowClient(f"{_SQLITE}{database}").search_experiments(max_results=1)
 
 
+#: The group of the outputs no namespace owns: the data split, the feature extractor, the
+#: tables that combine the variants.
+SHARED_GROUP = "shared"
+
+
+def output_groups(namespaces: set[str | None]) -> dict[str, bool]:
+    """The output groups a run of nodes in ``namespaces`` holds, each exclusively (True) or
+    shared (False): its namespaces exclusively, since it writes their files; the shared
+    group exclusively when it runs a node outside every namespace, else shared, since its
+    namespaced nodes read the shared outputs (a study cell run with --namespaces)."""
+    groups: dict[str, bool] = {name: True for name in namespaces if name}
+    groups[SHARED_GROUP] = None in namespaces
+    return groups
+
+
 class ProjectRunLock:
-    """Hold this project folder for one run: a second run started in the same folder while
-    the first is running is refused at once, instead of reading the first one's files."""
+    """Hold the parts of this project folder one run writes, for that run: a second run
+    that would write (or, for the shared outputs, read while the first writes) any of them
+    is refused at once, instead of reading the first one's files. Runs of different
+    namespaces (the study's cells as separate processes) go side by side."""
 
     def __init__(self, project_path: Path) -> None:
-        self.path = project_path / "data" / ".run.lock"
-        self._handle: IO[str] | None = None
+        self.folder = project_path / "data" / ".locks"
+        self._handles: list[IO[str]] = []
 
-    def acquire(self) -> None:
-        # a lock still held by this process is a previous run's that ended without its
-        # release hook (Kedro calls none when a before_pipeline_run hook fails): reuse it
+    def acquire(self, groups: dict[str, bool] | None = None) -> None:
+        """Lock ``groups`` ({name: exclusive}; default: everything, the shared group
+        exclusively), all or none."""
+        # locks still held by this process are a previous run's that ended without its
+        # release hook (Kedro calls none when a before_pipeline_run hook fails): drop them
         self.release()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 (held for the run, closed in release)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ProjectBusyError(
-                f"another kedro run ({holder}) is using this project folder "
-                f"({self.path.parent.parent}): two runs here would read and overwrite each "
-                "other's checkpoints and reports. Wait for it to finish, or run from a copy "
-                "of the project (git worktree add ../copy), which has its own data/ folder."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._handle = handle
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, exclusive in sorted((groups or {SHARED_GROUP: True}).items()):
+            handle = open(self.folder / f"{name}.lock", "a+")  # noqa: SIM115 (held for the run)
+            try:
+                fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                self.release()
+                raise ProjectBusyError(
+                    f"another kedro run ({holder}) is using this project folder's "
+                    f"'{name}' outputs ({self.folder.parent.parent}): two runs here would read "
+                    "and overwrite each other's checkpoints and reports. Wait for it to "
+                    "finish, or run from a copy of the project (git worktree add ../copy), "
+                    "which has its own data/ folder."
+                ) from None
+            if exclusive:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()}")
+                handle.flush()
+            self._handles.append(handle)
 
     def release(self) -> None:
-        if self._handle is None:
-            return
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
-        self._handle = None
+        for handle in self._handles:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._handles.clear()

@@ -1,0 +1,198 @@
+"""``attn-study``: the study with its cells side by side, each cell its own ``kedro run``.
+
+``kedro run --pipelines compare`` runs every (entry, seed) cell one after another in one
+process. The cells are independent, and on a CPU two one-thread processes do more work per
+hour than one two-thread process (1.28x measured on 2 cores), so this command runs the
+same ``compare`` pipeline in steps, as separate ``kedro run`` processes of the project:
+
+1. the shared nodes (data split, feature extractor), once;
+2. each cell (``--namespaces study.<entry>_seed<n>``), ``study.workers`` at a time, with
+   the CPU threads divided between them;
+3. the comparison (``--nodes compare_variants``), which reads the cells' saved summaries.
+
+Every step resumes one MLflow run named ``compare``, created first (``MLFLOW_RUN_ID``), so
+each cell's run is its child as in a one-process study, on a local SQLite store or on a
+tracking server (``MLFLOW_TRACKING_URI=http://...``). Cells that finished earlier train and
+evaluate nothing again (``train.resume`` and the evaluation cache), so a killed study is
+started again with the same command. The same three steps run as independent jobs on other
+machines against a shared server and storage (README, "Scaling out").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import torch
+from kedro.framework.project import pipelines
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from attn_pipeline.config import StudyConfig, TrainConfig
+from attn_pipeline.pipelines.compare.pipeline import run_name
+
+logger = logging.getLogger("attn_pipeline.study")
+
+#: More processes than this per GPU made no cell faster in the measurements (README).
+WORKERS_PER_GPU = 4
+#: The name of the study's parent run (kedro-mlflow names a run after its pipeline).
+PARENT_RUN_NAME = "compare"
+
+
+def plan_workers(
+    workers: int | str, n_cells: int, cpu_count: int, gpus: int = 0
+) -> tuple[int, int]:
+    """(processes at once, CPU threads per process). ``auto``: one process per CPU core,
+    one thread each; with GPUs, at most :data:`WORKERS_PER_GPU` per GPU. Never more
+    processes than cells; the cores are shared out evenly between the processes."""
+    if workers == "auto":
+        wanted = cpu_count if gpus == 0 else min(cpu_count, WORKERS_PER_GPU * gpus)
+    else:
+        wanted = int(workers)
+    processes = max(1, min(wanted, n_cells))
+    return processes, max(1, cpu_count // processes)
+
+
+#: The ``kedro run`` processes under way, so that a stopped study stops them too.
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int:
+    command = [sys.executable, "-m", "kedro", "run", *args]
+    out = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "w")  # noqa: SIM115 (closed below, after the process ends)
+    try:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _RUNNING.add(process)
+        try:
+            return process.wait()
+        finally:
+            _RUNNING.discard(process)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _stop_cells(signum: int, frame: object) -> None:
+    """Pass SIGINT / SIGTERM on to every cell process (each ends its MLflow runs as KILLED
+    and keeps its saved epochs), wait for them, then stop."""
+    for process in list(_RUNNING):
+        process.send_signal(signal.SIGTERM)
+    for process in list(_RUNNING):
+        process.wait()
+    raise SystemExit(128 + signum)
+
+
+def _create_parent_run(context) -> str:
+    """A new ``compare`` run in the project's experiment, on the project's tracking store."""
+    config = context.mlflow  # kedro-mlflow's configuration, set up when the context was made
+    client = mlflow.MlflowClient(config.server.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment.name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(config.tracking.experiment.name)
+    )
+    run = client.create_run(experiment_id, run_name=PARENT_RUN_NAME)
+    return run.info.run_id
+
+
+def run_study(project: Path, env: str | None = None, workers: int | str | None = None) -> int:
+    """Run the study of ``project`` as above; returns 0 when every step succeeded."""
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env) as session:
+        context = session.load_context()
+        params = context.config_loader["parameters"]  # plain values (context.params: typed)
+        overrides = {} if workers is None else {"workers": workers}
+        # checked before anything runs: a bad value stops the study with pydantic's message
+        study = StudyConfig.model_validate({**params.get("study", {}), **overrides})
+        device = TrainConfig.model_validate(params.get("train", {})).device
+        parent = _create_parent_run(context)
+    cells = [f"study.{run_name(entry, seed)}" for entry in study.variants for seed in study.seeds]
+    gpus = _gpus(device)
+    processes, threads = plan_workers(study.workers, len(cells), os.cpu_count() or 1, gpus)
+    base = ["--pipelines", "compare", *(["--env", env] if env else [])]
+    child_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+
+    def step(args: list[str], log: Path | None = None) -> int:
+        return _kedro(base + args, {**child_env, "MLFLOW_RUN_ID": parent}, log)
+
+    logs = project / "data" / "08_reporting" / "study" / "logs"
+    logger.info(
+        "study: %d cells, %d at a time with %d thread(s) each; MLflow run %s",
+        len(cells),
+        processes,
+        threads,
+        parent,
+    )
+    started = time.monotonic()
+    shared = [
+        node.name
+        for node in pipelines["compare"].nodes  # registered once the project is bootstrapped
+        if not node.namespace and node.name != "compare_variants"
+    ]
+    if step(["--nodes", ",".join(shared)]) != 0:
+        logger.error("study: the shared step failed (output above)")
+        return 1
+
+    def cell(name: str) -> int:
+        code = step(["--namespaces", name], logs / f"{name}.log")
+        logger.info("study: %s %s", name, "done" if code == 0 else f"FAILED (exit {code})")
+        return code
+
+    with ThreadPoolExecutor(max_workers=processes) as pool:
+        codes = dict(zip(cells, pool.map(cell, cells), strict=True))
+    failed = [name for name, code in codes.items() if code != 0]
+    if failed:
+        logger.error(
+            "study: %d cell(s) failed: %s; their logs are in %s. Run the same command again: "
+            "finished cells are not trained or evaluated again.",
+            len(failed),
+            ", ".join(failed),
+            logs,
+        )
+        mlflow.MlflowClient(context.mlflow.server.mlflow_tracking_uri).set_terminated(
+            parent, "FAILED"
+        )
+        return 1
+    code = step(["--nodes", "compare_variants"])
+    logger.info("study: finished in %.1f min", (time.monotonic() - started) / 60)
+    return code
+
+
+def _gpus(device: str) -> int:
+    """GPUs the cells will train on: CUDA devices where ``train.device`` lets them."""
+    return torch.cuda.device_count() if device in ("auto", "cuda") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attn-study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", help="Kedro configuration environment (e.g. fashion_mnist)")
+    parser.add_argument(
+        "--workers",
+        type=lambda v: v if v == "auto" else int(v),
+        help="cells at once (default: study.workers)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_cells)
+    return run_study(Path.cwd(), env=args.env, workers=args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The study's cells side by side (`attn-study`): the worker plan, per-namespace locks, and
+a real study of two cells run as two concurrent processes against a real `mlflow server`
+on a loopback port, then the comparison."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock, output_groups
+from attn_pipeline.study_runner import plan_workers
+from tests.conftest import write_raw_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+TINY_STUDY = {
+    "data_prep": {"val_size": 40, "test_subset_size": 40},
+    "train": {"epochs": 1, "batch_size": 50},
+    "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
+    "evaluate": {
+        "n_samples": 40,
+        "nll_samples": 5,
+        "nll_images": 30,
+        "steer_samples": 20,
+        "kid_subsets": 5,
+        "kid_subset_size": 20,
+    },
+    "feature_extractor": {"epochs": 1, "batch_size": 50, "min_test_accuracy": 0.0},
+    "study": {
+        "variants": ["none", "spatial_gate"],
+        "seeds": [0],
+        "baselines": ["none"],
+        "workers": 2,
+    },
+}
+
+
+def test_worker_plan() -> None:
+    assert plan_workers("auto", n_cells=35, cpu_count=2) == (2, 1)
+    assert plan_workers("auto", n_cells=35, cpu_count=16, gpus=1) == (4, 4)
+    assert plan_workers("auto", n_cells=3, cpu_count=8) == (3, 2)  # no more than the cells
+    assert plan_workers(1, n_cells=35, cpu_count=2) == (1, 2)  # one process: every core
+
+
+def test_runs_of_different_namespaces_go_side_by_side(tmp_path: Path) -> None:
+    """A study cell run writes its namespace and only reads the shared outputs: two cells
+    at once are allowed; the same cell twice, or a run writing the shared outputs (the
+    data split, the extractor) beside a cell, is refused."""
+    cell = output_groups({"study.none_seed0"})
+    assert cell == {"study.none_seed0": True, "shared": False}
+    assert output_groups({None, "none"}) == {"none": True, "shared": True}
+    first, second, third = (ProjectRunLock(tmp_path) for _ in range(3))
+    first.acquire(cell)
+    second.acquire(output_groups({"study.none_seed1"}))
+    with pytest.raises(ProjectBusyError, match="'study.none_seed0' outputs"):
+        third.acquire(cell)
+    with pytest.raises(ProjectBusyError, match="'shared' outputs"):
+        third.acquire(output_groups({None}))
+    first.release()
+    second.release()
+    third.acquire(output_groups({None, "study.none_seed0"}))  # free again
+    third.release()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path):
+    """`mlflow server` on a free loopback port, with its own SQLite store and artifacts."""
+    port = _free_port()
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        cwd=folder,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+def test_a_study_of_concurrent_cells_against_a_tracking_server(
+    tmp_path: Path, tracking_server: str
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(TINY_STUDY))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
+    (project / "src").mkdir()  # the package itself is imported from the environment
+    write_raw_dataset(project / "data" / "01_raw" / "mnist")
+
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("attn-study"))],
+        check=False,
+        cwd=project,
+        env={**ENV, "MLFLOW_TRACKING_URI": tracking_server},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 cells, 2 at a time with 1 thread(s) each" in out.stderr
+
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [(r.info.run_name, r.info.status) for r in parents] == [("compare", "FINISHED")]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.info.run_name for r in children) == [
+        "study.none_seed0",
+        "study.spatial_gate_seed0",
+    ]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert all("test/nll_iw" in r.data.metrics for r in children)
+    # the two cells ran at once: each started before the other ended
+    (a, b) = children
+    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+    assert len({r.data.tags["attn_pipeline.pid"] for r in children}) == 2
+    # the comparison read both cells and went to the study's run on the server
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"comparison.csv", "differences.csv", "comparison.md", "runs.csv"} <= artifacts
+    table = pd.read_csv(project / "data/08_reporting/study/comparison.csv")
+    assert list(table["entry"]) == ["none", "spatial_gate"]
+    logs = project / "data/08_reporting/study/logs"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "study.none_seed0.log",
+        "study.spatial_gate_seed0.log",
+    ]
