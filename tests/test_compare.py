@@ -109,6 +109,19 @@ def test_overlapping_interval_is_called_no_clear_difference() -> None:
     assert "no clear difference" in markdown
 
 
+def test_a_comparison_of_one_seed_has_no_verdict_and_leaves_the_family() -> None:
+    """An entry with one seed (a study cut short) gets no interval and no verdict, and Holm's
+    adjustment is over the comparisons that have a test."""
+    rows = {f"none{s}": _row("none", s, 100.0 + 0.1 * s) for s in range(3)}
+    rows |= {f"a{s}": _row("a", s, 99.0 + 0.2 * s * s) for s in range(3)}
+    rows["b0"] = _row("b", 0, 98.0)
+    _, differences, markdown, _, _ = compare_variants(baselines=["none"], **rows)
+    nll = differences[differences["metric"] == "nll_iw"].set_index("entry")
+    assert nll.loc["b", "verdict"] == "too few seeds" and math.isnan(nll.loc["b", "p_holm"])
+    assert nll.loc["a", "p_holm"] == pytest.approx(nll.loc["a", "p"])  # a family of one
+    assert "too few seeds" in markdown
+
+
 def test_study_without_the_baseline_is_refused() -> None:
     with pytest.raises(ValueError, match=r"baselines \['none'\] .* not among its entries"):
         compare_variants(baselines=["none"], a=_row("latent", 0, 100.0))

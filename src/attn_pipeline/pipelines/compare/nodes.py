@@ -250,8 +250,9 @@ def paired_differences(runs: pd.DataFrame, baselines: list[str]) -> pd.DataFrame
     )
     differences["p_holm"] = math.nan
     for (_, metric), family in differences.groupby(["baseline", "metric"]):
-        if metric in HEADLINE_METRICS and family["p"].notna().all():
-            differences.loc[family.index, "p_holm"] = holm(family["p"].to_numpy())
+        tested = family[family["p"].notna()]  # a comparison of one seed has no test
+        if metric in HEADLINE_METRICS and len(tested):
+            differences.loc[tested.index, "p_holm"] = holm(tested["p"].to_numpy())
     differences["verdict"] = [
         _verdict(r.metric, r.diff, r.ci95, r.p_holm) for r in differences.itertuples()
     ]
@@ -306,8 +307,10 @@ def compare_variants(
 def _verdict(metric: str, diff: float, half_width: float, p_holm: float = math.nan) -> str:
     """better / worse / no clear difference: by the Holm-adjusted p-value where there is
     one (headline metrics), else by whether the 95% interval leaves out 0."""
+    if math.isnan(half_width):
+        return "too few seeds"
     if math.isnan(p_holm):
-        unclear = math.isnan(half_width) or abs(diff) <= half_width
+        unclear = abs(diff) <= half_width
     else:
         unclear = p_holm >= 0.05
     if unclear:
@@ -343,8 +346,8 @@ def to_markdown(table: pd.DataFrame, differences: pd.DataFrame, baselines: list[
     first = table.iloc[0]
     architectures = dict(zip(table["entry"], table["architecture"], strict=True))
     headline = [METRICS[name] for name in HEADLINE_METRICS]
-    families = differences[differences["metric"] == HEADLINE_METRICS[0]].groupby("baseline")
-    family_sizes = ", ".join(f"{len(f)} against `{b}`" for b, f in families)
+    tested = differences[(differences["metric"] == HEADLINE_METRICS[0]) & differences["p"].notna()]
+    family_sizes = ", ".join(f"{len(f)} against `{b}`" for b, f in tested.groupby("baseline"))
     lines = [
         f"FID-proxy figures: feature extractor `{first['feature_extractor_hash']}`, "
         f"N = {first['fid_n_samples']:,} samples; NLL (IW): K = {first['nll_iw_k']} on "
@@ -363,9 +366,9 @@ def to_markdown(table: pd.DataFrame, differences: pd.DataFrame, baselines: list[
         cells = []
         for spec in headline:
             d = keyed.loc[(entry, baseline, spec.name)]
+            p_text = "no test" if math.isnan(d["p_holm"]) else f"p = {d['p_holm']:.3f}"
             cells.append(
-                f"{_difference_text(spec, d['diff'], d['ci95'])}, p = {d['p_holm']:.3f}: "
-                f"**{d['verdict']}**"
+                f"{_difference_text(spec, d['diff'], d['ci95'])}, {p_text}: **{d['verdict']}**"
             )
         lines.append(
             f"| {_entry_label(entry, architectures[entry])} | {baseline} | "
@@ -373,7 +376,7 @@ def to_markdown(table: pd.DataFrame, differences: pd.DataFrame, baselines: list[
         )
     lines += [
         "",
-        f"Per headline metric the table makes {family_sizes} comparisons. A 95% interval "
+        f"Per headline metric the table makes {family_sizes} tested comparisons. A 95% interval "
         "that leaves out 0 would be a 5% false-positive chance for each of them, so among "
         "that many some would be expected by chance alone: the verdicts use Holm's "
         "adjustment over the entries compared with one baseline on one metric, which keeps "
