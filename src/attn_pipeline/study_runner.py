@@ -154,8 +154,16 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         logger.info("study: %s %s", name, "done" if code == 0 else f"FAILED (exit {code})")
         return code
 
+    cells_started = time.monotonic()
     with ThreadPoolExecutor(max_workers=processes) as pool:
         codes = dict(zip(cells, pool.map(cell, cells), strict=True))
+    cells_hours = (time.monotonic() - cells_started) / 3600
+    logger.info(
+        "study: %d cells in %.1f min, %.1f cells per hour",
+        len(cells),
+        cells_hours * 60,
+        len(cells) / cells_hours,
+    )
     failed = [name for name, code in codes.items() if code != 0]
     if failed:
         logger.error(
