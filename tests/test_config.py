@@ -14,6 +14,7 @@ from attn_pipeline.config import (
     FeatureExtractorConfig,
     GenerateConfig,
     ModelConfig,
+    RegistryConfig,
     StudyConfig,
     TrainConfig,
 )
@@ -57,6 +58,13 @@ def test_validation_split_must_leave_training_images() -> None:
         DataPrepConfig(val_size=100, subset_size=100)
 
 
+def test_unknown_champion_metric_lists_the_known_ones() -> None:
+    with pytest.raises(
+        ValidationError, match=r"'nll' is not a test metric; choose one of .*'nll_iw'"
+    ):
+        RegistryConfig(champion_metric="nll")
+
+
 BLOCKS = {
     "data_prep": DataPrepConfig,
     "train": TrainConfig,
@@ -64,6 +72,7 @@ BLOCKS = {
     "feature_extractor": FeatureExtractorConfig,
     "generate": GenerateConfig,
     "study": StudyConfig,
+    "registry": RegistryConfig,
 }
 
 

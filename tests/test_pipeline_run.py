@@ -167,22 +167,33 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
     assert table.splitlines()[0].startswith("variant,neg_elbo")
 
 
-def test_logged_model_reloads_in_a_fresh_process_and_generates(
-    default_run: Path, tracking_uri: str
+def test_registered_champion_loads_in_a_fresh_process_without_project_code(
+    default_run: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
-    run_id = _variant_runs(tracking_uri)["spatial_gate"].info.run_id  # the gate exports too
+    """Every trained generator is a registered version, tagged with its test figures; the
+    champion loads by name in a process that imports nothing of this project."""
+    client = mlflow.MlflowClient(tracking_uri)
+    run = _variant_runs(tracking_uri)["spatial_gate"]
+    (version,) = client.search_model_versions("name = 'attn_pipeline.mnist.spatial_gate'")
+    assert version.run_id == run.info.run_id
+    assert version.tags["entry"] == "spatial_gate" and version.tags["seed"] == "0"
+    assert float(version.tags["test/nll_iw"]) == pytest.approx(run.data.metrics["test/nll_iw"])
+    assert version.tags["feature_extractor_hash"] == run.data.tags["feature_extractor_hash"]
+    champion = client.get_model_version_by_alias("attn_pipeline.mnist.spatial_gate", "champion")
+    assert champion.version == version.version
     script = (
         "import mlflow, torch, sys\n"
         f"mlflow.set_tracking_uri({tracking_uri!r})\n"
-        f"model = mlflow.pytorch.load_model('runs:/{run_id}/model')\n"
+        "model = mlflow.pytorch.load_model('models:/attn_pipeline.mnist.spatial_gate@champion')\n"
         "images = model(torch.randn(5, 20))\n"
         "assert images.shape == (5, 1, 28, 28), images.shape\n"
         "assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0\n"
+        "assert not [m for m in sys.modules if m.startswith('attn_pipeline')]\n"
         "print('ok')\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=default_run,
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
@@ -254,6 +265,18 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         ("spatial_gate", "0"),
         ("spatial_gate", "1"),
     }
+    # the registry: the study's cells of `none` are versions of the same model as the
+    # default run's; the champion is the evaluated one with the lowest test NLL (a version
+    # trained by `--pipelines train` alone has no test figures and is not ranked)
+    versions = client.search_model_versions("name = 'attn_pipeline.mnist.none'")
+    study_runs = {r.info.run_id for r in children if r.data.tags["entry"] == "none"}
+    assert study_runs <= {v.run_id for v in versions if "test/nll_iw" in v.tags}
+    best = min(
+        (v for v in versions if "test/nll_iw" in v.tags), key=lambda v: float(v.tags["test/nll_iw"])
+    )
+    assert client.get_model_version_by_alias("attn_pipeline.mnist.none", "champion").version == (
+        best.version
+    )
     # the study reuses the extractor the default run stored: one hash for every figure
     stored = json.loads((default_run / "data/06_models/feature_extractor/mnist.json").read_text())
     assert {r.data.tags["feature_extractor_hash"] for r in children} == {stored["hash"]}

@@ -214,6 +214,27 @@ class GenerateConfig(_Config):
     seed: int = 0
 
 
+class RegistryConfig(_Config):
+    """The MLflow model registry (``params:registry``)."""
+
+    champion_metric: str = Field(
+        "nll_iw",
+        description="the test metric (a name of attn_pipeline.metrics.table.METRICS) whose "
+        "best version of each registered model gets the alias `champion`",
+    )
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> RegistryConfig:
+        from attn_pipeline.metrics.table import METRICS  # noqa: PLC0415 (metrics imports torch)
+
+        if self.champion_metric not in METRICS:
+            raise ValueError(
+                f"registry.champion_metric '{self.champion_metric}' is not a test metric; "
+                f"choose one of {sorted(METRICS)}"
+            )
+        return self
+
+
 class StudyConfig(_Config):
     """The ``compare`` study (``params:study``): which variants, over which seeds."""
 

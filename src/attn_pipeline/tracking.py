@@ -34,8 +34,13 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Node
 from mlflow.entities import RunStatus
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 
+from attn_pipeline import registry
+from attn_pipeline.config import RegistryConfig
+from attn_pipeline.metrics.table import METRICS
 from attn_pipeline.run_guard import prepare_tracking_store
 
 logger = logging.getLogger(__name__)
@@ -65,24 +70,35 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def log_sampler_model(sampler: torch.nn.Module) -> None:
+def log_sampler_model(sampler: torch.nn.Module) -> ModelInfo:
     """Log a ``z (B, D) -> images`` module to the active run as ``model``, with a signature.
 
     Saved in MLflow's ``pt2`` format (a ``torch.export`` graph): it loads without this
     project's code and without unpickling anything. The requirements are given, not
     inferred: inference re-imports the model in a subprocess and costs seconds per model.
     """
+    sampler = sampler.cpu()
     example = torch.randn(2, sampler.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         output = sampler(example)
-    mlflow.pytorch.log_model(
-        sampler,
-        name="model",
-        input_example=example.numpy(),
-        signature=infer_signature(example.numpy(), output.numpy()),
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    # MLflow checks the input example by loading the model back, on CUDA where torch sees a
+    # GPU, and a graph exported with CPU weights cannot load there (seen on an H100)
+    previous = os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE")
+    os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = "cpu"
+    try:
+        return mlflow.pytorch.log_model(
+            sampler,
+            name="model",
+            input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), output.numpy()),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"]
+        else:
+            os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = previous
 
 
 def _owner_tags() -> dict[str, str]:
@@ -161,6 +177,10 @@ class VariantRunsHook:
         self._params: dict[str, Any] = {}
         self._project_path = Path.cwd()
         self._runs: dict[str, str] = {}  # namespace -> run id
+        self._models: dict[str, str] = {}  # namespace -> URI of its logged generator
+        self._entries: dict[str, dict[str, str]] = {}  # namespace -> entry and seed
+        self._versions: dict[str, ModelVersion] = {}  # namespace -> its registered version
+        self._registry = RegistryConfig()
         self._activated: set[str] = set()  # nodes whose run this hook opened
         self._previous_handlers: dict[int, Any] = {}
         self._interrupted = False
@@ -175,6 +195,10 @@ class VariantRunsHook:
         self._params = context.config_loader["parameters"]
         self._project_path = Path(context.project_path)
         self._runs.clear()
+        self._models.clear()
+        self._entries.clear()
+        self._versions.clear()
+        self._registry = RegistryConfig.model_validate(self._params.get("registry", {}))
         try:
             uri = context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
         except (KeyError, TypeError, MissingConfigException):
@@ -291,24 +315,54 @@ class VariantRunsHook:
             raise ValueError(
                 f"catalog entry {dataset_name}: {METADATA_KEY} must be one of {_KINDS}"
             )
-        with mlflow.start_run(run_id=self._runs[node.namespace], nested=True):
+        namespace = node.namespace
+        with mlflow.start_run(run_id=self._runs[namespace], nested=True):
             if kind == "artifact":
                 mlflow.log_artifact(str(dataset._filepath))  # noqa: SLF001
             elif kind == "metrics":
                 mlflow.log_metrics({k: float(v) for k, v in data.items()})
+                self._tag_version(namespace, data)
             elif kind == "params":
                 mlflow.log_params(flatten(data))
                 # The resolved config knows the variant and seed (a study overrides the seed);
                 # the entry is the name in `variants` / `study.variants` (the namespace in a
                 # default run), the variant its architecture.
-                mlflow.set_tags(
-                    {
-                        "entry": data.get("entry", node.namespace),
-                        "variant": data.get("model", {}).get("variant", node.namespace),
-                        "seed": data.get("train", {}).get("seed", ""),
-                    }
-                )
+                tags = {
+                    "entry": data.get("entry", namespace),
+                    "variant": data.get("model", {}).get("variant", namespace),
+                    "seed": data.get("train", {}).get("seed", ""),
+                }
+                mlflow.set_tags(tags)
+                self._entries[namespace] = {key: str(value) for key, value in tags.items()}
+                self._register(namespace)
             elif kind == "tags":
                 mlflow.set_tags({k: str(v) for k, v in data.items()})
+                self._tag_version(namespace, data)
+                self._update_champion(namespace)
             else:
-                log_sampler_model(data)
+                self._models[namespace] = log_sampler_model(data).model_uri
+                self._register(namespace)
+
+    def _register(self, namespace: str) -> None:
+        """Register the namespace's generator once both it and its entry are known (the
+        train node saves them in either order)."""
+        if namespace in self._versions or not {namespace} <= set(self._models) & set(self._entries):
+            return
+        entry = self._entries[namespace]
+        name = registry.registered_model_name(str(self._params.get("dataset", "")), entry["entry"])
+        self._versions[namespace] = registry.register(self._models[namespace], name, tags=entry)
+
+    def _tag_version(self, namespace: str, tags: dict[str, Any]) -> None:
+        if namespace in self._versions:
+            registry.tag_version(self._versions[namespace], tags)
+
+    def _update_champion(self, namespace: str) -> None:
+        if namespace not in self._versions:
+            return  # evaluated without training in this run: no version to rank
+        version = self._versions[namespace]
+        metric = METRICS[self._registry.champion_metric]
+        champion = registry.update_champion(
+            version.name, f"test/{metric.name}", metric.higher_is_better, version.version
+        )
+        if champion is not None:
+            logger.info("%s@%s is version %s", version.name, registry.CHAMPION, champion)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,77 +14,14 @@ from scipy import stats
 
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.datasets import CheckpointFolders
-from attn_pipeline.pipelines.train.nodes import train_model
-
-
-@dataclass(frozen=True)
-class StudyMetric:
-    """A test metric the study compares, and how its table prints it."""
-
-    name: str  #: ``test/<name>`` in test_metrics.json and MLflow
-    label: str  #: the column's heading
-    higher_is_better: bool = False
-    scale: float = 1.0  #: printed as value x scale
-    decimals: int = 2
-
-
-#: The study's tables (title, metrics): the one list of what the study compares.
-TABLES: tuple[tuple[str, tuple[StudyMetric, ...]], ...] = (
-    (
-        "Likelihood and reconstruction (nats per image; MSE per pixel)",
-        (
-            StudyMetric("neg_elbo", "test -ELBO"),
-            StudyMetric("nll_iw", "NLL (IW)"),
-            StudyMetric("recon_bce", "recon BCE"),
-            StudyMetric("kl", "KL"),
-            StudyMetric("mse", "MSE x1e3", scale=1e3, decimals=3),
-        ),
-    ),
-    (
-        "Samples, on the feature extractor's features",
-        (
-            StudyMetric("fid_proxy", "FID-proxy"),
-            StudyMetric("fid_proxy_recon", "FID-proxy recon"),
-            # raw MMD² of ReLU features: tens, not 1e-3
-            StudyMetric("kid_proxy", "KID-proxy"),
-            StudyMetric("precision", "precision", higher_is_better=True, decimals=3),
-            StudyMetric("recall", "recall", higher_is_better=True, decimals=3),
-            StudyMetric("class_coverage", "class coverage", higher_is_better=True, decimals=3),
-        ),
-    ),
-    (
-        # only variants with an editable map have these (NaN otherwise)
-        "Steering by attention (variants with an editable map; 1,000 prior samples, each "
-        "half of the image emphasised x8 / suppressed x0.05)",
-        (
-            StudyMetric(
-                "steer_emphasis_ink_share",
-                "ink share, emphasised (points)",
-                higher_is_better=True,
-                scale=100,
-                decimals=1,
-            ),
-            # where the suppressed half's ink share should fall: lower is better
-            StudyMetric(
-                "steer_suppression_ink_share",
-                "ink share, suppressed (points)",
-                scale=100,
-                decimals=1,
-            ),
-            StudyMetric(
-                "steer_suppression_locality", "locality, suppressed (in/out)", higher_is_better=True
-            ),
-            StudyMetric(
-                "steer_confidence_ratio", "confidence kept", higher_is_better=True, decimals=3
-            ),
-            StudyMetric("steer_class_kept", "class kept", higher_is_better=True, decimals=3),
-        ),
-    ),
+from attn_pipeline.metrics.table import (
+    HEADLINE_METRICS,
+    MEASURED_WITH,
+    METRICS,
+    TABLES,
+    StudyMetric,
 )
-#: Every metric of the tables, by name.
-METRICS: dict[str, StudyMetric] = {m.name: m for _, metrics in TABLES for m in metrics}
-#: The study's headline figures: the verdicts (Holm-adjusted) and the forest plot.
-HEADLINE_METRICS = ("nll_iw", "fid_proxy")
+from attn_pipeline.pipelines.train.nodes import train_model
 
 
 def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
@@ -151,12 +87,7 @@ def summarise_run(
 
 def _check_comparable(runs: pd.DataFrame) -> None:
     """Refuse figures measured differently: another extractor, N or K is another scale."""
-    for column, what in (
-        ("feature_extractor_hash", "feature extractors"),
-        ("fid_n_samples", "FID-proxy sample counts N"),
-        ("nll_iw_k", "importance sample counts K"),
-        ("nll_iw_n_images", "NLL test image counts"),
-    ):
+    for column, what in MEASURED_WITH.items():
         values = sorted(set(runs[column]))
         if len(values) > 1:
             raise ValueError(

@@ -1,0 +1,61 @@
+"""The MLflow model registry: every trained generator is a version of
+``attn_pipeline.<dataset>.<entry>``, tagged with its test metrics and with what they were
+measured with; the alias ``champion`` names the best version by one test metric.
+
+Called by :class:`attn_pipeline.tracking.VariantRunsHook` as a run's outputs are saved;
+nodes know nothing of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+
+from attn_pipeline.metrics.table import MEASURED_WITH
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "attn_pipeline"
+CHAMPION = "champion"
+
+
+def registered_model_name(dataset: str, entry: str) -> str:
+    """``attn_pipeline.mnist.latent``: one registered model per data set and study entry."""
+    return f"{PREFIX}.{dataset}.{entry}"
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """A new version of ``name`` for the logged model ``model_uri`` (linked to its run)."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    logger.info("registered %s version %s", name, version.version)
+    return version
+
+
+def tag_version(version: ModelVersion, tags: dict[str, object]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, version.version, key, str(value))
+
+
+def update_champion(name: str, metric: str, higher_is_better: bool, newest: str) -> str | None:
+    """Point ``name@champion`` at the version with the best ``metric`` tag among the versions
+    measured like version ``newest`` (the same ``MEASURED_WITH`` tags); returns its number,
+    or None when no such version has the metric."""
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    reference = next(v for v in versions if v.version == newest).tags
+    ranked = [
+        (float(v.tags[metric]), int(v.version))
+        for v in versions
+        if metric in v.tags
+        and all(v.tags.get(key) == reference.get(key) for key in MEASURED_WITH)
+        and math.isfinite(float(v.tags[metric]))
+    ]
+    if not ranked:
+        return None
+    best = (max if higher_is_better else min)(ranked)[1]
+    client.set_registered_model_alias(name, CHAMPION, str(best))
+    return str(best)
