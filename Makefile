@@ -11,13 +11,27 @@ DATA_DIR ?= $(ATTN_PIPELINE_DATA_DIR)
 export KEDRO_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup data run test lint viz mlflow-ui
+.PHONY: setup data run test lint viz mlflow-ui lock
 
-$(BIN)/kedro $(VENV)/.installed: pyproject.toml
+LOCK := requirements.lock
+
+# Installs pyproject.toml's dependencies at the exact versions of the lock file.
+$(BIN)/kedro $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	touch $(VENV)/.installed
+
+# Refresh the lock: resolve pyproject.toml's ranges afresh in a scratch environment and
+# record every version installed. Then `make setup` (a changed lock reinstalls) and test.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 setup: $(VENV)/.installed
 
