@@ -346,19 +346,30 @@ def test_an_environment_switches_the_data_set(
     assert mnist_train.read_bytes() == before
 
 
-def test_an_environment_that_reshapes_the_pipelines_needs_kedro_env(
+def test_an_environment_that_reshapes_the_pipelines_is_honoured(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pipelines are built before Kedro reads --env: an environment that changes the
-    variant lists is refused with the fix, instead of being ignored."""
+    """`kedro run --env X` where X changes the variant list: the pipelines are built from
+    the run's own parameters (Kedro's loading of base, X and --params), not from base."""
     env = default_run / "conf" / "one_variant"
     env.mkdir()
     (env / "parameters.yml").write_text("variants: [none]\n")
-    checkpoint = default_run / "data" / "06_models" / "none" / "model.pt"
-    before = checkpoint.read_bytes()
-    with pytest.raises(ConfigError, match=r"change variants.*KEDRO_ENV=one_variant kedro run"):
-        _run(default_run, tracking_uri, monkeypatch, TINY_RUN, env="one_variant")
-    assert checkpoint.read_bytes() == before
+    untouched = default_run / "data" / "06_models" / "spatial_gate" / "model.pt"
+    before = untouched.read_bytes()
+    _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "train", env="one_variant")
+    assert untouched.read_bytes() == before  # spatial_gate is not in this run
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id],
+        "attributes.run_name = 'train'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert [r.info.run_name for r in children] == ["none"]
     assert mlflow.active_run() is None
 
 

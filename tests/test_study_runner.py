@@ -124,26 +124,67 @@ def tracking_server(tmp_path: Path):
         server.wait(timeout=60)
 
 
-def test_a_study_of_concurrent_cells_against_a_tracking_server(
-    tmp_path: Path, tracking_server: str
-) -> None:
-    project = tmp_path / "project"
+def _tiny_project(root: Path) -> Path:
+    project = root / "project"
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(TINY_STUDY))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
     (project / "src").mkdir()  # the package itself is imported from the environment
     write_raw_dataset(project / "data" / "01_raw" / "mnist")
+    return project
 
-    out = subprocess.run(
+
+def _attn_study(project: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [str(Path(sys.executable).with_name("attn-study"))],
         check=False,
         cwd=project,
-        env={**ENV, "MLFLOW_TRACKING_URI": tracking_server},
+        env={**ENV, "MLFLOW_TRACKING_URI": tracking_uri},
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    """One cell cannot run (another process holds its namespace): the study says which
+    and where its log is, makes no comparison and marks its MLflow run FAILED; the other
+    cell finishes. Run again once the cell is free: the finished cell trains nothing
+    again, and the study completes."""
+    project = _tiny_project(tmp_path)
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    holder = ProjectRunLock(project)
+    holder.acquire({"study.spatial_gate_seed0": True})
+    try:
+        out = _attn_study(project, uri)
+    finally:
+        holder.release()
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "1 cell(s) failed: study.spatial_gate_seed0" in out.stderr
+    logs = project / "data/08_reporting/study/logs"
+    assert (
+        "'study.spatial_gate_seed0' outputs" in (logs / "study.spatial_gate_seed0.log").read_text()
+    )
+    assert not (project / "data/08_reporting/study/comparison.csv").exists()
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    (failed,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
+    assert failed.info.status == "FAILED"
+
+    out = _attn_study(project, uri)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming after epoch 1 of 1" in (logs / "study.none_seed0.log").read_text()
+    assert (project / "data/08_reporting/study/comparison.csv").is_file()
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
+def test_a_study_of_concurrent_cells_against_a_tracking_server(
+    tmp_path: Path, tracking_server: str
+) -> None:
+    project = _tiny_project(tmp_path)
+    out = _attn_study(project, tracking_server)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 cells, 2 at a time with 1 thread(s) each" in out.stderr
 

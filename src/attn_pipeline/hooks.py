@@ -11,37 +11,12 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
-from pydantic import ValidationError
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
-from attn_pipeline.pipeline_registry import load_parameters, pipeline_plan
+from attn_pipeline.pipeline_registry import load_parameters, use_run_parameters
 from attn_pipeline.run_guard import ProjectRunLock, output_groups
 
 logger = logging.getLogger(__name__)
-
-
-def check_pipeline_plan(session_params: dict[str, Any], env: str | None) -> None:
-    """Refuse a run whose environment would change the pipelines' shape.
-
-    Kedro registers the pipelines before it knows ``--env`` or ``--params``, so they are
-    built from base and ``KEDRO_ENV`` (else local): variant lists changed by ``--env`` or
-    ``--params`` would otherwise be ignored in silence.
-    """
-    built = pipeline_plan(load_parameters())
-    try:
-        wanted = pipeline_plan(session_params)
-    except ValidationError:
-        return  # a bad model block: Kedro's typed parameters report it, with its key
-    changed = [key for key in built if built[key] != wanted[key]]
-    if changed:
-        raise ConfigError(
-            f"this run's parameters (environment '{env}', --params) change "
-            f"{', '.join(changed)}, which shape the pipelines (built with "
-            f"{[built[key] for key in changed]}, asked for {[wanted[key] for key in changed]}). "
-            "Kedro builds the pipelines from conf/base and KEDRO_ENV (else conf/local) before "
-            f"it reads --env or --params: run `KEDRO_ENV={env} kedro run ...` instead of "
-            f"`--env {env}`, or set the lists in conf/local."
-        )
 
 
 def check_runtime_params(runtime_params: dict[str, Any], known: Collection[str]) -> None:
@@ -64,8 +39,9 @@ class RunPlanCheckHook:
     """Fail fast when the training budget cannot work with the data the run will have.
 
     Single values are checked by Kedro against the typed configs; what is checked here
-    needs two of them (``train.batch_size`` against the size ``data_prep`` will produce),
-    or the pipelines themselves (:func:`check_pipeline_plan`).
+    needs two of them (``train.batch_size`` against the size ``data_prep`` will produce).
+    It also hands the run's parameters to the pipeline registry, which builds the variant
+    and study pipelines from them.
     """
 
     def __init__(self) -> None:
@@ -74,9 +50,12 @@ class RunPlanCheckHook:
         self._env: str | None = None
         self._lock: ProjectRunLock | None = None
 
-    @hook_impl
+    # tryfirst: the pipelines must be built from this run's parameters before any other
+    # hook reads them (Kedro's typed-parameter validation goes through the pipelines)
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         self._params = context.config_loader["parameters"]
+        use_run_parameters(self._params)
         self._runtime_params = dict(context.config_loader.runtime_params or {})
         self._env = context.env
         self._lock = ProjectRunLock(Path(context.project_path))
@@ -101,9 +80,6 @@ class RunPlanCheckHook:
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
         check_runtime_params(self._runtime_params, load_parameters(env=self._env))
-        # only the per-variant (namespaced) nodes depend on the lists the plan is built from
-        if any(node.namespace for node in pipeline.nodes):
-            check_pipeline_plan(self._params, self._env)
         self._check_budget(pipeline, catalog)
         if self._lock is not None:  # last: a refused run holds nothing
             self._lock.acquire(output_groups({node.namespace for node in pipeline.nodes}))

@@ -2,9 +2,13 @@
 
 Each variant named in the ``variants`` parameter gets a namespaced copy of the train,
 evaluate and generate pipelines (``none.train_model``, ``latent.train_model``, ...), and the
-``compare`` study one copy per variant and seed in ``study``. These lists are read from the
-configuration here, before Kedro builds the pipelines (the pattern of Kedro's "dynamic
-pipelines" documentation), so they are set in the parameters files, not with --params.
+``compare`` study one copy per variant and seed in ``study`` (the pattern of Kedro's
+"dynamic pipelines" documentation). The lists are the run's own parameters, as Kedro
+loaded them (base, the run's ``--env``, conf/local and ``--params``): once a session's
+context exists, :class:`attn_pipeline.hooks.RunPlanCheckHook` hands them over with
+:func:`use_run_parameters` and the pipelines are built again from them. Only where no
+session is made (``kedro registry list``) are the files read here, base and ``KEDRO_ENV``
+(else local).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kedro.framework.project import settings
+from kedro.framework.project import pipelines, settings
 from kedro.pipeline import Pipeline
+from pydantic import ValidationError
 
 from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig, StudyConfig
 from attn_pipeline.pipelines import (
@@ -76,11 +81,15 @@ def _checked_names(names: list[str], what: str, params: dict[str, Any]) -> tuple
 
 def steerable_variants(names: tuple[str, ...], params: dict[str, Any]) -> set[str]:
     """Names whose model has a spatial attention map that generation can edit."""
-    return {
-        name
-        for name in names
-        if ModelConfig.model_validate(params[name]["model"]).variant in SPATIAL_MAP_VARIANTS
-    }
+    steerable = set()
+    for name in names:
+        try:
+            variant = ModelConfig.model_validate(params[name]["model"]).variant
+        except ValidationError:
+            continue  # the run stops at Kedro's check of typed parameters, which names the key
+        if variant in SPATIAL_MAP_VARIANTS:
+            steerable.add(name)
+    return steerable
 
 
 def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +106,20 @@ def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The parameters of the run under way, once its context exists (see the module's docstring).
+_run_parameters: dict[str, Any] | None = None
+
+
+def use_run_parameters(params: dict[str, Any]) -> None:
+    """Build the project's pipelines from ``params`` (a session's parameters, as Kedro's
+    configuration loader read them), and drop any built before from other parameters."""
+    global _run_parameters  # noqa: PLW0603 (one run's parameters per process at a time)
+    _run_parameters = params
+    pipelines.configure(__name__)  # this module: the pipelines are built again on next access
+
+
 def register_pipelines() -> dict[str, Pipeline]:
-    plan = pipeline_plan(load_parameters())
+    plan = pipeline_plan(_run_parameters if _run_parameters is not None else load_parameters())
     variants, study_variants = plan["variants"], plan["study.variants"]
     steerable = plan["steerable"]
     pipelines = {
