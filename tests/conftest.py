@@ -13,6 +13,21 @@ from attn_pipeline.datasets import encode_idx
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
+#: Parameters for a real `kedro run` on the tiny data, in seconds rather than minutes.
+TINY_RUN = {
+    "data_prep": {"val_size": 40, "test_subset_size": 40},
+    "train": {"epochs": 2, "batch_size": 50},
+    "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
+    "evaluate": {
+        "n_samples": 40,
+        "nll_samples": 5,
+        "nll_images": 30,
+        "kid_subsets": 5,
+        "kid_subset_size": 20,
+    },
+    "feature_extractor": {"epochs": 2, "batch_size": 50, "min_test_accuracy": 0.5},
+}
+
 RAW_NAMES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",

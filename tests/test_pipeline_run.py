@@ -17,22 +17,9 @@ from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import ConfigError
 from attn_pipeline.tracking import runner_name
-from tests.conftest import write_raw_dataset
+from tests.conftest import TINY_RUN, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TINY_RUN = {
-    "data_prep": {"val_size": 40, "test_subset_size": 40},
-    "train": {"epochs": 2, "batch_size": 50},
-    "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
-    "evaluate": {
-        "n_samples": 40,
-        "nll_samples": 5,
-        "nll_images": 30,
-        "kid_subsets": 5,
-        "kid_subset_size": 20,
-    },
-    "feature_extractor": {"epochs": 2, "batch_size": 50, "min_test_accuracy": 0.5},
-}
 GENERATION_METRICS = {
     "test/nll_iw",
     "test/fid_proxy",

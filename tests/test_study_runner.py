@@ -20,23 +20,14 @@ import yaml
 
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock, output_groups
 from attn_pipeline.study_runner import plan_workers
-from tests.conftest import write_raw_dataset
+from tests.conftest import TINY_RUN, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 TINY_STUDY = {
-    "data_prep": {"val_size": 40, "test_subset_size": 40},
+    **TINY_RUN,
     "train": {"epochs": 1, "batch_size": 50},
-    "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
-    "evaluate": {
-        "n_samples": 40,
-        "nll_samples": 5,
-        "nll_images": 30,
-        "steer_samples": 20,
-        "kid_subsets": 5,
-        "kid_subset_size": 20,
-    },
-    "feature_extractor": {"epochs": 1, "batch_size": 50, "min_test_accuracy": 0.0},
+    "evaluate": {**TINY_RUN["evaluate"], "steer_samples": 20},
     "study": {
         "variants": ["none", "spatial_gate"],
         "seeds": [0],
