@@ -102,6 +102,10 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     parent = client.get_run(parents.pop())
     assert parent.info.run_name == "default"  # not "__default__"
     assert parent.data.tags["runner"] == "SequentialRunner"  # not an object's repr
+    # the typed parameters flattened to their values, as the children's are
+    assert parent.data.params["train.epochs"] == "2"
+    assert parent.data.params["none.model.latent_dim"] == "20"
+    assert not [k for k, v in parent.data.params.items() if "=" in v or "Config(" in v]
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # the same names, but for what only a variant with a spatial map has

@@ -8,7 +8,7 @@ from mlflow.telemetry.client import set_telemetry_client
 from omegaconf.resolvers import oc
 
 from attn_pipeline.hooks import RunPlanCheckHook
-from attn_pipeline.tracking import VariantRunsHook
+from attn_pipeline.tracking import FlatParamsMlflowHook, VariantRunsHook
 
 # omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call;
 # the warning repeats on every run and says nothing actionable for this project.
@@ -20,7 +20,9 @@ warnings.filterwarnings("ignore", message="register_new_resolver", category=User
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 set_telemetry_client()
 
-HOOKS = (RunPlanCheckHook(), VariantRunsHook())
+HOOKS = (RunPlanCheckHook(), FlatParamsMlflowHook(), VariantRunsHook())
+# kedro-mlflow's own hook is replaced by FlatParamsMlflowHook (its subclass), not run twice
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)  # its distribution name, as its metadata spells it
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -33,10 +33,12 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Node
+from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from pydantic import BaseModel
 
 from attn_pipeline import registry
 from attn_pipeline.config import RegistryConfig
@@ -130,6 +132,23 @@ def runner_name(described: str) -> str:
         return "SequentialRunner"
     match = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", described)
     return match.group(1) if match else described
+
+
+class FlatParamsMlflowHook(MlflowHook):
+    """kedro-mlflow's hook, registered by the project (settings.py) in place of the plugin's
+    own, so that typed parameters reach the parent run as flattened values
+    (``train.epochs = 8``): kedro-mlflow flattens dicts only, and Kedro hands the nodes
+    this project's pydantic configs, which it would log as one repr each."""
+
+    @hook_impl
+    def before_node_run(
+        self, node: Node, catalog: CatalogProtocol, inputs: dict[str, Any], is_async: bool
+    ) -> None:
+        plain = {
+            name: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            for name, value in inputs.items()
+        }
+        super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
 
 
 def end_open_runs(status: str = "KILLED") -> None:
