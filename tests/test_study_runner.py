@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -169,6 +170,40 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
     assert (project / "data/08_reporting/study/comparison.csv").is_file()
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
+def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) to `attn-study` while a cell trains: the cell's process is stopped
+    (its MLflow run KILLED, no process left behind) and the queued cell never starts."""
+    project = _tiny_project(tmp_path)
+    parameters = project / "conf" / "local" / "parameters.yml"
+    parameters.write_text(
+        yaml.safe_dump({**TINY_STUDY, "study": {**TINY_STUDY["study"], "workers": 1}})
+    )
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    study = subprocess.Popen(
+        [str(Path(sys.executable).with_name("attn-study"))],
+        cwd=project,
+        env={**ENV, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = project / "data/08_reporting/study/logs/study.none_seed0.log"
+    deadline = time.monotonic() + 300
+    while not (first.exists() and "MLflow run 'study.none_seed0'" in first.read_text()):
+        assert study.poll() is None and time.monotonic() < deadline, "the cell never started"
+        time.sleep(0.2)
+    study.send_signal(signal.SIGINT)
+    assert study.wait(timeout=120) == 130
+    assert not (first.parent / "study.spatial_gate_seed0.log").exists()
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    (cell,) = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name = 'study.none_seed0'"
+    )
+    assert cell.info.status == "KILLED"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(cell.data.tags["attn_pipeline.pid"]), 0)
 
 
 def test_a_study_of_concurrent_cells_against_a_tracking_server(

@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,21 +64,31 @@ def plan_workers(
 
 #: The ``kedro run`` processes under way, so that a stopped study stops them too.
 _RUNNING: set[subprocess.Popen] = set()
+_LOCK = threading.RLock()  # re-entrant: the signal handler may interrupt a holder
+#: Set once the study is stopped: no further process starts (the executor would otherwise
+#: go on with the cells still queued while it shuts down).
+_STOPPING = threading.Event()
 
 
 def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int:
     command = [sys.executable, "-m", "kedro", "run", *args]
+    if _STOPPING.is_set():
+        return 128 + signal.SIGTERM
     out = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "w")  # noqa: SIM115 (closed below, after the process ends)
     try:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _RUNNING.add(process)
+        with _LOCK:
+            if _STOPPING.is_set():
+                return 128 + signal.SIGTERM
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            _RUNNING.add(process)
         try:
             return process.wait()
         finally:
-            _RUNNING.discard(process)
+            with _LOCK:
+                _RUNNING.discard(process)
     finally:
         if out is not None:
             out.close()
@@ -85,10 +96,13 @@ def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int
 
 def _stop_cells(signum: int, frame: object) -> None:
     """Pass SIGINT / SIGTERM on to every cell process (each ends its MLflow runs as KILLED
-    and keeps its saved epochs), wait for them, then stop."""
-    for process in list(_RUNNING):
+    and keeps its saved epochs), start no other, wait for them, then stop."""
+    with _LOCK:
+        _STOPPING.set()
+        running = list(_RUNNING)
+    for process in running:
         process.send_signal(signal.SIGTERM)
-    for process in list(_RUNNING):
+    for process in running:
         process.wait()
     raise SystemExit(128 + signum)
 
