@@ -2,8 +2,9 @@
 
 ``kedro run --pipelines compare`` runs every (entry, seed) cell one after another in one
 process. The cells are independent, and on a CPU two one-thread processes do more work per
-hour than one two-thread process (1.28x measured on 2 cores), so this command runs the
-same ``compare`` pipeline in steps, as separate ``kedro run`` processes of the project:
+hour than one two-thread process (1.39x on 2 cores, ``benchmarks/study_workers.py``), so
+this command runs the same ``compare`` pipeline in steps, as separate ``kedro run``
+processes of the project:
 
 1. the shared nodes (data split, feature extractor), once;
 2. each cell (``--namespaces study.<entry>_seed<n>``), ``study.workers`` at a time, with
