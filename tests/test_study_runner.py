@@ -40,7 +40,7 @@ TINY_STUDY = {
 
 def test_worker_plan() -> None:
     assert plan_workers("auto", n_cells=35, cpu_count=2) == (2, 1)
-    assert plan_workers("auto", n_cells=35, cpu_count=16, gpus=1) == (4, 4)
+    assert plan_workers("auto", n_cells=35, cpu_count=16, gpus=1) == (8, 2)
     assert plan_workers("auto", n_cells=3, cpu_count=8) == (3, 2)  # no more than the cells
     assert plan_workers(1, n_cells=35, cpu_count=2) == (1, 2)  # one process: every core
 

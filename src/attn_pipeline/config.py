@@ -261,7 +261,7 @@ class StudyConfig(_Config):
     workers: PositiveInt | Literal["auto"] = Field(
         "auto",
         description="cells `attn-study` runs at once, each its own process; auto: one per "
-        "CPU core, one thread each (at most 4 per GPU where CUDA is used)",
+        "CPU core, one thread each (at most 8 per GPU where CUDA is used)",
     )
 
     @model_validator(mode="after")
