@@ -257,7 +257,6 @@ class StudyConfig(_Config):
         description="the entries every other is compared with, paired by seed; the first "
         "is the one the per-metric tables print differences from",
     )
-
     workers: PositiveInt | Literal["auto"] = Field(
         "auto",
         description="cells `attn-study` runs at once, each its own process; auto: one per "

@@ -365,7 +365,8 @@ class VariantRunsHook:
     def _register(self, namespace: str) -> None:
         """Register the namespace's generator once both it and its entry are known (the
         train node saves them in either order)."""
-        if namespace in self._versions or not {namespace} <= set(self._models) & set(self._entries):
+        both_known = namespace in self._models and namespace in self._entries
+        if namespace in self._versions or not both_known:
             return
         entry = self._entries[namespace]
         name = registry.registered_model_name(str(self._params.get("dataset", "")), entry["entry"])

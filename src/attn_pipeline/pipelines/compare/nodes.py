@@ -77,10 +77,7 @@ def summarise_run(
         "seed": run_params["train"]["seed"],
         "n_parameters": run_params["n_parameters"],
         "epoch_seconds": float(training_history["train/epoch_seconds"].median()),
-        "feature_extractor_hash": evaluation_info["feature_extractor_hash"],
-        "fid_n_samples": evaluation_info["fid_n_samples"],
-        "nll_iw_k": evaluation_info["nll_iw_k"],
-        "nll_iw_n_images": evaluation_info["nll_iw_n_images"],
+        **{key: evaluation_info[key] for key in MEASURED_WITH},
         **{name: float(test_metrics.get(f"test/{name}", math.nan)) for name in METRICS},
     }
 
@@ -220,10 +217,7 @@ def compare_variants(
             "seeds": len(own),
             "n_parameters": int(own["n_parameters"].iloc[0]),
             "epoch_seconds": float(own["epoch_seconds"].median()),
-            "feature_extractor_hash": own["feature_extractor_hash"].iloc[0],
-            "fid_n_samples": int(own["fid_n_samples"].iloc[0]),
-            "nll_iw_k": int(own["nll_iw_k"].iloc[0]),
-            "nll_iw_n_images": int(own["nll_iw_n_images"].iloc[0]),
+            **{key: own[key].iloc[0] for key in MEASURED_WITH},  # one value each: checked above
         }
         for metric in METRICS:
             record[f"{metric}_mean"] = float(own[metric].mean())
