@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from attn_pipeline.config import StudyConfig
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock, output_groups
-from attn_pipeline.study_runner import plan_workers
+from attn_pipeline.study_runner import plan_workers, study_cells
 from tests.conftest import TINY_RUN, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,18 @@ TINY_STUDY = {
         "workers": 2,
     },
 }
+
+
+def test_cells_run_seed_by_seed() -> None:
+    """Every entry of a seed is queued before the next seed: a study stopped part way
+    leaves whole seeds for the paired comparison."""
+    study = StudyConfig(variants=["none", "latent"], seeds=[3, 1], baselines=["none"])
+    assert study_cells(study) == [
+        "study.none_seed3",
+        "study.latent_seed3",
+        "study.none_seed1",
+        "study.latent_seed1",
+    ]
 
 
 def test_worker_plan() -> None:

@@ -123,6 +123,13 @@ def _create_parent_run(context) -> str:
     return run.info.run_id
 
 
+def study_cells(study: StudyConfig) -> list[str]:
+    """The namespaces of the study's cells, seed by seed (every entry at the first seed,
+    then every entry at the next): a study stopped part way leaves whole seeds, which
+    pair with each other in the comparison."""
+    return [f"study.{run_name(entry, seed)}" for seed in study.seeds for entry in study.variants]
+
+
 def run_study(project: Path, env: str | None = None, workers: int | str | None = None) -> int:
     """Run the study of ``project`` as above; returns 0 when every step succeeded."""
     bootstrap_project(project)
@@ -134,7 +141,7 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         study = StudyConfig.model_validate({**params.get("study", {}), **overrides})
         device = TrainConfig.model_validate(params.get("train", {})).device
         parent = _create_parent_run(context)
-    cells = [f"study.{run_name(entry, seed)}" for entry in study.variants for seed in study.seeds]
+    cells = study_cells(study)
     gpus = _gpus(device)
     processes, threads = plan_workers(study.workers, len(cells), os.cpu_count() or 1, gpus)
     base = ["--pipelines", "compare", *(["--env", env] if env else [])]
