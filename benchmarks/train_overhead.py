@@ -62,7 +62,7 @@ def kedro_node(train, val, model_config: ModelConfig, config: TrainConfig) -> fl
         )
         started = time.perf_counter()
         with mlflow.start_run():
-            outputs = SequentialRunner().run(variant_template(), catalog)
+            outputs = SequentialRunner().run(variant_template("none"), catalog)
             log_sampler_model(outputs["sampler"].load())
         return time.perf_counter() - started
 

@@ -95,7 +95,7 @@ class RunPlanCheckHook:
             self._lock.release()
 
     def _check_budget(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-        if not any(node.name.endswith("train_model") for node in pipeline.nodes):
+        if not any("train" in node.tags for node in pipeline.nodes):
             return
         train = TrainConfig.model_validate(self._params.get("train", {}))
         n_train = self._expected_train_size(pipeline, catalog)

@@ -1,7 +1,7 @@
 """Project pipelines.
 
 Each variant named in the ``variants`` parameter gets a namespaced copy of the train,
-evaluate and generate pipelines (``none.train_model``, ``latent.train_model``, ...), and the
+evaluate and generate pipelines (``none.train_none``, ``latent.train_latent``, ...), and the
 ``compare`` study one copy per variant and seed in ``study`` (the pattern of Kedro's
 "dynamic pipelines" documentation). The lists are the run's own parameters, as Kedro
 loaded them (base, the run's ``--env``, conf/local and ``--params``): once a session's

@@ -15,24 +15,25 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
+    cell = run_name(variant, seed)
     template = (
-        train.variant_template(study_train_model(variant, seed))
-        + evaluate.variant_template()
-        + generate.variant_template(steerable=steerable)
+        train.variant_template(cell, study_train_model(variant, seed))
+        + evaluate.variant_template(cell)
+        + generate.variant_template(cell, steerable=steerable)
         + Pipeline(
             [
                 Node(
                     summarise_cell(variant),
                     inputs=["test_metrics", "evaluation_info", "run_params", "training_history"],
                     outputs="summary",
-                    name="summarise_run",
+                    name=f"summarise_{cell}",
                 )
             ]
         )
     )
     return Pipeline(
         template,
-        namespace=f"study.{run_name(variant, seed)}",
+        namespace=f"study.{cell}",
         inputs={"train_set", "val_set", "test_set", "feature_extractor"},
         parameters={
             "params:model": f"params:{variant}.model",

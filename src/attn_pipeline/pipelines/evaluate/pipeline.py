@@ -13,7 +13,8 @@ from attn_pipeline.pipelines import feature_extractor
 from .nodes import evaluate_model, tabulate_test_metrics
 
 
-def variant_template() -> Pipeline:
+def variant_template(label: str) -> Pipeline:
+    """Evaluation of one variant, its node named after ``label`` (see train's template)."""
     return Pipeline(
         [
             Node(
@@ -26,7 +27,8 @@ def variant_template() -> Pipeline:
                     "evaluation_cache",
                 ],
                 outputs=["test_metrics", "evaluation_info"],
-                name="evaluate_model",
+                name=f"evaluate_{label}",
+                tags=["evaluate"],
             )
         ]
     )
@@ -35,7 +37,7 @@ def variant_template() -> Pipeline:
 def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
     per_variant = [
         Pipeline(
-            variant_template(),
+            variant_template(variant),
             namespace=variant,
             inputs={"test_set", "feature_extractor"},
             parameters={"params:evaluate"},

@@ -7,19 +7,22 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import plot_attention_maps, render_images, render_steering
 
 
-def variant_template(steerable: bool = False) -> Pipeline:
+def variant_template(label: str, steerable: bool = False) -> Pipeline:
+    """Images of one variant, its nodes named after ``label`` (see train's template)."""
     nodes = [
         Node(
             render_images,
             inputs=["checkpoint", "test_set", "params:generate"],
             outputs=["samples_grid", "reconstructions_grid", "interpolations_grid"],
-            name="render_images",
+            name=f"render_images_{label}",
+            tags=["generate"],
         ),
         Node(
             plot_attention_maps,
             inputs=["checkpoint", "test_set", "params:generate"],
             outputs="attention_maps",
-            name="plot_attention_maps",
+            name=f"plot_attention_maps_{label}",
+            tags=["generate"],
         ),
     ]
     if steerable:
@@ -28,7 +31,8 @@ def variant_template(steerable: bool = False) -> Pipeline:
                 render_steering,
                 inputs=["checkpoint", "test_set", "params:generate"],
                 outputs="steering",
-                name="render_steering",
+                name=f"render_steering_{label}",
+                tags=["generate"],
             )
         )
     return Pipeline(nodes)
@@ -41,7 +45,7 @@ def create_pipeline(
     return sum(
         (
             Pipeline(
-                variant_template(steerable=variant in steerable),
+                variant_template(variant, steerable=variant in steerable),
                 namespace=variant,
                 inputs={"test_set"},
                 parameters={"params:generate"},

@@ -7,9 +7,11 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import train_model
 
 
-def variant_template(train_func: Callable = train_model) -> Pipeline:
+def variant_template(label: str, train_func: Callable = train_model) -> Pipeline:
     """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared.
 
+    The node is named after ``label`` (the entry, or the study cell), so that kedro viz
+    tells the copies apart (``train_latent``); the tag ``train`` selects every copy.
     ``training_checkpoints`` is an input because it loads as the handle training writes
     each epoch through (and reads the epoch to resume from)."""
     return Pipeline(
@@ -29,7 +31,8 @@ def variant_template(train_func: Callable = train_model) -> Pipeline:
                     "sampler",
                     "run_params",
                 ],
-                name="train_model",
+                name=f"train_{label}",
+                tags=["train"],
             )
         ]
     )
@@ -39,7 +42,7 @@ def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> P
     return sum(
         (
             Pipeline(
-                variant_template(),
+                variant_template(variant),
                 namespace=variant,
                 inputs={"train_set", "val_set"},
                 parameters={"params:train"},
