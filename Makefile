@@ -51,5 +51,8 @@ lint: setup
 viz: setup
 	$(BIN)/kedro viz run --no-browser
 
+# MLflow 3 opens in its GenAI mode; the link printed first opens the experiment on its runs.
+MLFLOW_STORE := sqlite:///mlruns/mlflow.db
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
+	@$(BIN)/python -c "import mlflow; e = mlflow.MlflowClient('$(MLFLOW_STORE)').get_experiment_by_name('attn_pipeline_$(DATASET)'); print('runs of attn_pipeline_$(DATASET): http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '<id>') + '/runs?workflowType=machine_learning')"
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --port 5000
