@@ -28,7 +28,8 @@ KEDRO = PROJECT / ".venv" / "bin" / "kedro"
 PORT = 4199
 
 
-def _wait_for_viz(url: str, seconds: float = 180) -> None:
+def wait_until_serving(url: str, what: str, seconds: float = 180) -> None:
+    """Return once ``url`` answers; stop the script naming ``what`` if it never does."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -36,7 +37,7 @@ def _wait_for_viz(url: str, seconds: float = 180) -> None:
                 return
         except OSError:
             time.sleep(2)
-    raise SystemExit(f"kedro viz did not answer at {url} within {seconds} s")
+    raise SystemExit(f"{what} did not answer at {url} within {seconds} s")
 
 
 def _open(page: Page, url: str, pipeline: str, *, datasets: bool = True) -> None:
@@ -74,7 +75,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_viz(url)
+        wait_until_serving(url, "kedro viz")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=args.chromium, args=["--no-sandbox"]

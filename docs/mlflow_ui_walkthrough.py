@@ -19,25 +19,14 @@ import argparse
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
+from kedro_viz_screenshots import wait_until_serving  # beside this script
 from playwright.sync_api import Page, sync_playwright
 
 PROJECT = Path(__file__).resolve().parents[1]
 MLFLOW = PROJECT / ".venv" / "bin" / "mlflow"
 PORT = 5099
-
-
-def _wait_for(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(2)
-    raise SystemExit(f"mlflow ui did not answer at {url} within {seconds} s")
 
 
 def _step(page: Page, out: Path, number: int, what: str, ok: bool) -> None:
@@ -123,7 +112,7 @@ def main() -> None:
     )
     requests: list[tuple[str, str]] = []
     try:
-        _wait_for(base)
+        wait_until_serving(base, "mlflow ui")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=args.chromium, args=["--no-sandbox"]
