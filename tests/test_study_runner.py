@@ -194,12 +194,13 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
         yaml.safe_dump({**TINY_STUDY, "study": {**TINY_STUDY["study"], "workers": 1}})
     )
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    output = tmp_path / "attn-study.log"
     study = subprocess.Popen(
         [str(Path(sys.executable).with_name("attn-study"))],
         cwd=project,
         env={**ENV, "MLFLOW_TRACKING_URI": uri},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=output.open("w"),
     )
     first = project / "data/08_reporting/study/logs/study.none_seed0.log"
     deadline = time.monotonic() + 300
@@ -209,6 +210,9 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     study.send_signal(signal.SIGINT)
     assert study.wait(timeout=120) == 130
     assert not (first.parent / "study.spatial_gate_seed0.log").exists()
+    said = output.read_text()
+    assert "study.none_seed0 stopped (exit" in said
+    assert "study.spatial_gate_seed0 not started (the study was stopped)" in said
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
     (cell,) = client.search_runs(

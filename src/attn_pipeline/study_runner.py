@@ -72,10 +72,11 @@ _LOCK = threading.RLock()  # re-entrant: the signal handler may interrupt a hold
 _STOPPING = threading.Event()
 
 
-def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int:
+def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int | None:
+    """``kedro run args``'s exit code; None when it was not started (the study is stopping)."""
     command = [sys.executable, "-m", "kedro", "run", *args]
     if _STOPPING.is_set():
-        return 128 + signal.SIGTERM
+        return None
     out = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int
     try:
         with _LOCK:
             if _STOPPING.is_set():
-                return 128 + signal.SIGTERM
+                return None
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
             _RUNNING.add(process)
         try:
@@ -151,7 +152,7 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         "MKL_NUM_THREADS": str(threads),
     }
 
-    def step(args: list[str], log: Path | None = None) -> int:
+    def step(args: list[str], log: Path | None = None) -> int | None:
         return _kedro(base + args, {**child_env, "MLFLOW_RUN_ID": parent}, log)
 
     logs = project / "data" / "08_reporting" / "study" / "logs"
@@ -172,9 +173,15 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         logger.error("study: the shared step failed (output above)")
         return 1
 
-    def cell(name: str) -> int:
+    def cell(name: str) -> int | None:
         code = step(["--namespaces", name], logs / f"{name}.log")
-        logger.info("study: %s %s", name, "done" if code == 0 else f"FAILED (exit {code})")
+        if code is None:
+            outcome = "not started (the study was stopped)"
+        elif code != 0 and _STOPPING.is_set():
+            outcome = f"stopped (exit {code}); its finished epochs are kept"
+        else:
+            outcome = "done" if code == 0 else f"FAILED (exit {code})"
+        logger.info("study: %s %s", name, outcome)
         return code
 
     cells_started = time.monotonic()
