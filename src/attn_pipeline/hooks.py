@@ -14,6 +14,7 @@ from kedro.pipeline import Pipeline
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
 from attn_pipeline.pipeline_registry import load_parameters, use_run_parameters
+from attn_pipeline.pipelines.train.pipeline import TRAIN_TAG
 from attn_pipeline.run_guard import ProjectRunLock, output_groups
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class RunPlanCheckHook:
             self._lock.release()
 
     def _check_budget(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-        if not any("train" in node.tags for node in pipeline.nodes):
+        if not any(TRAIN_TAG in node.tags for node in pipeline.nodes):
             return
         train = TrainConfig.model_validate(self._params.get("train", {}))
         n_train = self._expected_train_size(pipeline, catalog)

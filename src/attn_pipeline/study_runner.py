@@ -39,7 +39,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import StudyConfig, TrainConfig
-from attn_pipeline.pipelines.compare.pipeline import run_name
+from attn_pipeline.pipelines.compare.pipeline import cell_namespace
 
 logger = logging.getLogger("attn_pipeline.study")
 
@@ -128,7 +128,7 @@ def study_cells(study: StudyConfig) -> list[str]:
     """The namespaces of the study's cells, seed by seed (every entry at the first seed,
     then every entry at the next): a study stopped part way leaves whole seeds, which
     pair with each other in the comparison."""
-    return [f"study.{run_name(entry, seed)}" for seed in study.seeds for entry in study.variants]
+    return [cell_namespace(entry, seed) for seed in study.seeds for entry in study.variants]
 
 
 def run_study(project: Path, env: str | None = None, workers: int | str | None = None) -> int:

@@ -14,6 +14,11 @@ def run_name(variant: str, seed: int) -> str:
     return f"{variant}_seed{seed}"
 
 
+def cell_namespace(variant: str, seed: int) -> str:
+    """The namespace of one study cell (``kedro run --namespaces`` takes it)."""
+    return f"study.{run_name(variant, seed)}"
+
+
 def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     cell = run_name(variant, seed)
     template = (
@@ -33,7 +38,7 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     )
     return Pipeline(
         template,
-        namespace=f"study.{cell}",
+        namespace=cell_namespace(variant, seed),
         inputs={"train_set", "val_set", "test_set", "feature_extractor"},
         parameters={
             "params:model": f"params:{variant}.model",
@@ -52,7 +57,7 @@ def create_pipeline(
         compare_variants,
         inputs={
             "baselines": "params:study.baselines",
-            **{run_name(v, s): f"study.{run_name(v, s)}.summary" for v in variants for s in seeds},
+            **{run_name(v, s): f"{cell_namespace(v, s)}.summary" for v in variants for s in seeds},
         },
         outputs=[
             "study_table",

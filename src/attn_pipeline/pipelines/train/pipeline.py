@@ -6,6 +6,9 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import train_model
 
+#: The tag of every training node (``kedro run --tags train``; the run's budget check).
+TRAIN_TAG = "train"
+
 
 def variant_template(label: str, train_func: Callable = train_model) -> Pipeline:
     """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared.
@@ -32,7 +35,7 @@ def variant_template(label: str, train_func: Callable = train_model) -> Pipeline
                     "run_params",
                 ],
                 name=f"train_{label}",
-                tags=["train"],
+                tags=[TRAIN_TAG],
             )
         ]
     )
