@@ -187,7 +187,8 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
 
 def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) to `attn-study` while a cell trains: the cell's process is stopped
-    (its MLflow run KILLED, no process left behind) and the queued cell never starts."""
+    (its MLflow run KILLED, no process left behind), the queued cell never starts, the log
+    says which is which, and the study's own run ends KILLED."""
     project = _tiny_project(tmp_path)
     parameters = project / "conf" / "local" / "parameters.yml"
     parameters.write_text(
@@ -221,6 +222,8 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     assert cell.info.status == "KILLED"
     with pytest.raises(ProcessLookupError):
         os.kill(int(cell.data.tags["attn_pipeline.pid"]), 0)
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
+    assert parent.info.status == "KILLED"
 
 
 def test_a_study_of_concurrent_cells_against_a_tracking_server(

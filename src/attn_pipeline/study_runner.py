@@ -67,9 +67,11 @@ def plan_workers(
 #: The ``kedro run`` processes under way, so that a stopped study stops them too.
 _RUNNING: set[subprocess.Popen] = set()
 _LOCK = threading.RLock()  # re-entrant: the signal handler may interrupt a holder
-#: Set once the study is stopped: no further process starts (the executor would otherwise
-#: go on with the cells still queued while it shuts down).
+#: Set once the study is stopped: no further process starts, and the cells still queued
+#: return at once as "not started".
 _STOPPING = threading.Event()
+#: The signal that stopped the study (its exit code is 128 + it, as a shell reports).
+_STOP_SIGNAL: list[int] = []
 
 
 def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int | None:
@@ -99,15 +101,24 @@ def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int
 
 def _stop_cells(signum: int, frame: object) -> None:
     """Pass SIGINT / SIGTERM on to every cell process (each ends its MLflow runs as KILLED
-    and keeps its saved epochs), start no other, wait for them, then stop."""
+    and keeps its saved epochs) and start no other. The handler returns: the study's own
+    flow then sees every cell end (stopped, or not started) and reports each, whatever the
+    order in which the worker threads notice. (Raising here instead left it to the executor
+    whether a queued cell was cancelled silently or reported.)"""
     with _LOCK:
+        if not _STOP_SIGNAL:
+            _STOP_SIGNAL.append(signum)
         _STOPPING.set()
         running = list(_RUNNING)
     for process in running:
         process.send_signal(signal.SIGTERM)
-    for process in running:
-        process.wait()
-    raise SystemExit(128 + signum)
+
+
+def _stopped(client: mlflow.MlflowClient, parent: str) -> int:
+    """End the stopped study: its parent run KILLED, the exit code of the signal."""
+    client.set_terminated(parent, "KILLED")
+    logger.warning("study: stopped; run the same command again to go on")
+    return 128 + _STOP_SIGNAL[0]
 
 
 def _create_parent_run(context) -> str:
@@ -169,8 +180,12 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         for node in pipelines["compare"].nodes  # registered once the project is bootstrapped
         if not node.namespace and node.name != "compare_variants"
     ]
+    client = mlflow.MlflowClient(context.mlflow.server.mlflow_tracking_uri)
     if step(["--nodes", ",".join(shared)]) != 0:
+        if _STOPPING.is_set():
+            return _stopped(client, parent)
         logger.error("study: the shared step failed (output above)")
+        client.set_terminated(parent, "FAILED")
         return 1
 
     def cell(name: str) -> int | None:
@@ -187,6 +202,8 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
     cells_started = time.monotonic()
     with ThreadPoolExecutor(max_workers=processes) as pool:
         codes = dict(zip(cells, pool.map(cell, cells), strict=True))
+    if _STOPPING.is_set():
+        return _stopped(client, parent)
     cells_hours = (time.monotonic() - cells_started) / 3600
     logger.info(
         "study: %d cells in %.1f min, %.1f cells per hour",
@@ -203,11 +220,11 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
             ", ".join(failed),
             logs,
         )
-        mlflow.MlflowClient(context.mlflow.server.mlflow_tracking_uri).set_terminated(
-            parent, "FAILED"
-        )
+        client.set_terminated(parent, "FAILED")
         return 1
     code = step(["--nodes", "compare_variants"])
+    if _STOPPING.is_set():
+        return _stopped(client, parent)
     logger.info("study: finished in %.1f min", (time.monotonic() - started) / 60)
     return code
 
