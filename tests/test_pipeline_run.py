@@ -16,7 +16,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import ConfigError
-from attn_pipeline.tracking import runner_name
+from attn_pipeline.tracking import REGISTERED_TAG, runner_name
 from tests.conftest import TINY_RUN, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -257,11 +257,14 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         ("spatial_gate", "1"),
     }
     # the registry: the study's cells of `none` are versions of the same model as the
-    # default run's; the champion is the evaluated one with the lowest test NLL (a version
-    # trained by `--pipelines train` alone has no test figures and is not ranked)
+    # default run's (seed 0 trains the same weights as the default run here: one version,
+    # named on both runs); the champion is the evaluated one with the lowest test NLL (a
+    # version trained by `--pipelines train` alone has no test figures and is not ranked)
     versions = client.search_model_versions("name = 'attn_pipeline.mnist.none'")
-    study_runs = {r.info.run_id for r in children if r.data.tags["entry"] == "none"}
-    assert study_runs <= {v.run_id for v in versions if "test/nll_iw" in v.tags}
+    named = {f"{v.name}/{v.version}": v for v in versions}
+    study_none = [r for r in children if r.data.tags["entry"] == "none"]
+    assert all("test/nll_iw" in named[r.data.tags[REGISTERED_TAG]].tags for r in study_none)
+    assert len({r.data.tags[REGISTERED_TAG] for r in study_none}) == 2  # two seeds, two models
     best = min(
         (v for v in versions if "test/nll_iw" in v.tags), key=lambda v: float(v.tags["test/nll_iw"])
     )
@@ -426,3 +429,26 @@ def test_a_misspelt_top_level_param_is_refused_with_the_nearest_name(
 )
 def test_the_runner_tag_is_a_class_name(recorded: str, tag: str) -> None:
     assert runner_name(recorded) == tag
+
+
+def test_a_run_started_again_keeps_its_registered_versions(
+    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run again trains nothing (its epochs are saved): its generators are the
+    versions already registered, named on the new runs, neither logged nor registered twice."""
+    client = mlflow.MlflowClient(tracking_uri)
+    name = "attn_pipeline.mnist.spatial_gate"
+    before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    _run(default_run, tracking_uri, monkeypatch, TINY_RUN)
+    after = client.search_model_versions(f"name = '{name}'")
+    assert {v.version for v in after} == before
+    rerun = _variant_runs(tracking_uri)["spatial_gate"]  # the newest run of that name
+    (version,) = [v for v in after if f"{name}/{v.version}" == rerun.data.tags[REGISTERED_TAG]]
+    assert version.run_id != rerun.info.run_id  # registered by the first run
+    assert "test/nll_iw" in version.tags
+    logged = mlflow.search_logged_models(
+        experiment_ids=[rerun.info.experiment_id],
+        filter_string=f"source_run_id = '{rerun.info.run_id}'",
+        output_format="list",
+    )
+    assert logged == []

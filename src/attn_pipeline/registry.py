@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "attn_pipeline"
 CHAMPION = "champion"
+#: The version tag holding a hash of the generator's weights: the same weights (a cell run
+#: again, which trains nothing) are the same version, not a new one.
+WEIGHTS_TAG = "weights_hash"
 
 
 def registered_model_name(dataset: str, entry: str) -> str:
@@ -32,6 +35,17 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     version = mlflow.register_model(model_uri, name, tags=tags)
     logger.info("registered %s version %s", name, version.version)
     return version
+
+
+def version_with_weights(name: str, weights_hash: str) -> ModelVersion | None:
+    """The version of ``name`` registered with these weights, if any (the oldest)."""
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.MlflowException:
+        return None  # no such registered model yet
+    same = [v for v in versions if v.tags.get(WEIGHTS_TAG) == weights_hash]
+    return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def tag_version(version: ModelVersion, tags: dict[str, object]) -> None:

@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from attn_pipeline import registry
 from attn_pipeline.config import RegistryConfig
+from attn_pipeline.fingerprints import state_fingerprint
 from attn_pipeline.metrics.table import METRICS
 from attn_pipeline.run_guard import prepare_tracking_store
 
@@ -51,6 +52,8 @@ METADATA_KEY = "variant_run"
 #: Tags that say which process owns a run, so that a later run can tell a run left RUNNING
 #: by a killed process from one that is still going.
 PID_TAG, HOST_TAG = "attn_pipeline.pid", "attn_pipeline.host"
+#: The run tag naming the registry version of the run's generator (``name/version``).
+REGISTERED_TAG = "attn_pipeline.registered_model"
 _KINDS = ("artifact", "metrics", "params", "tags", "model")
 
 
@@ -196,7 +199,8 @@ class VariantRunsHook:
         self._params: dict[str, Any] = {}
         self._project_path = Path.cwd()
         self._runs: dict[str, str] = {}  # namespace -> run id
-        self._models: dict[str, str] = {}  # namespace -> URI of its logged generator
+        # namespace -> its generator and the hash of its weights, until registered
+        self._models: dict[str, tuple[torch.nn.Module, str]] = {}
         self._entries: dict[str, dict[str, str]] = {}  # namespace -> entry and seed
         self._versions: dict[str, ModelVersion] = {}  # namespace -> its registered version
         self._registry = RegistryConfig()
@@ -359,18 +363,28 @@ class VariantRunsHook:
                 self._tag_version(namespace, data)
                 self._update_champion(namespace)
             else:
-                self._models[namespace] = log_sampler_model(data).model_uri
+                self._models[namespace] = (data, state_fingerprint(data.state_dict()))
                 self._register(namespace)
 
     def _register(self, namespace: str) -> None:
-        """Register the namespace's generator once both it and its entry are known (the
-        train node saves them in either order)."""
+        """Log the namespace's generator and register it once both it and its entry are known
+        (the train node saves them in either order); the run is active. Weights registered
+        before (a finished cell or run started again: nothing trained) keep their version,
+        named in the run's tags, rather than get a copy."""
         both_known = namespace in self._models and namespace in self._entries
         if namespace in self._versions or not both_known:
             return
         entry = self._entries[namespace]
         name = registry.registered_model_name(str(self._params.get("dataset", "")), entry["entry"])
-        self._versions[namespace] = registry.register(self._models[namespace], name, tags=entry)
+        sampler, weights = self._models.pop(namespace)
+        version = registry.version_with_weights(name, weights)
+        if version is None:
+            uri = log_sampler_model(sampler).model_uri
+            version = registry.register(uri, name, tags={**entry, registry.WEIGHTS_TAG: weights})
+        else:
+            logger.info("%s version %s has these weights already", name, version.version)
+        mlflow.set_tag(REGISTERED_TAG, f"{version.name}/{version.version}")
+        self._versions[namespace] = version
 
     def _tag_version(self, namespace: str, tags: dict[str, Any]) -> None:
         if namespace in self._versions:
