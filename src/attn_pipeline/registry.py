@@ -39,11 +39,7 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
 
 def version_with_weights(name: str, weights_hash: str) -> ModelVersion | None:
     """The version of ``name`` registered with these weights, if any (the oldest)."""
-    client = mlflow.MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except mlflow.MlflowException:
-        return None  # no such registered model yet
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")  # [] if none
     same = [v for v in versions if v.tags.get(WEIGHTS_TAG) == weights_hash]
     return min(same, key=lambda v: int(v.version)) if same else None
 
