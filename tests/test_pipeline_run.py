@@ -233,6 +233,26 @@ def _run_study(project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
     _run(project, tracking_uri, monkeypatch, study, pipeline="compare")
 
 
+def _assert_study_cells_are_ranked_versions(
+    client: mlflow.MlflowClient, children: list[mlflow.entities.Run]
+) -> None:
+    """The study's cells of `none` are versions of the same model as the default run's
+    (seed 0 trains the same weights as the default run here: one version, named on both
+    runs); the champion is the evaluated one with the lowest test NLL (a version trained by
+    `--pipelines train` alone has no test figures and is not ranked)."""
+    versions = client.search_model_versions("name = 'attn_pipeline.mnist.none'")
+    named = {f"{v.name}/{v.version}": v for v in versions}
+    study_none = [r for r in children if r.data.tags["entry"] == "none"]
+    assert all("test/nll_iw" in named[r.data.tags[REGISTERED_TAG]].tags for r in study_none)
+    assert len({r.data.tags[REGISTERED_TAG] for r in study_none}) == 2  # two seeds, two models
+    best = min(
+        (v for v in versions if "test/nll_iw" in v.tags), key=lambda v: float(v.tags["test/nll_iw"])
+    )
+    assert client.get_model_version_by_alias("attn_pipeline.mnist.none", "champion").version == (
+        best.version
+    )
+
+
 def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,21 +276,7 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         ("spatial_gate", "0"),
         ("spatial_gate", "1"),
     }
-    # the registry: the study's cells of `none` are versions of the same model as the
-    # default run's (seed 0 trains the same weights as the default run here: one version,
-    # named on both runs); the champion is the evaluated one with the lowest test NLL (a
-    # version trained by `--pipelines train` alone has no test figures and is not ranked)
-    versions = client.search_model_versions("name = 'attn_pipeline.mnist.none'")
-    named = {f"{v.name}/{v.version}": v for v in versions}
-    study_none = [r for r in children if r.data.tags["entry"] == "none"]
-    assert all("test/nll_iw" in named[r.data.tags[REGISTERED_TAG]].tags for r in study_none)
-    assert len({r.data.tags[REGISTERED_TAG] for r in study_none}) == 2  # two seeds, two models
-    best = min(
-        (v for v in versions if "test/nll_iw" in v.tags), key=lambda v: float(v.tags["test/nll_iw"])
-    )
-    assert client.get_model_version_by_alias("attn_pipeline.mnist.none", "champion").version == (
-        best.version
-    )
+    _assert_study_cells_are_ranked_versions(client, children)
     # the study reuses the extractor the default run stored: one hash for every figure
     stored = json.loads((default_run / "data/06_models/feature_extractor/mnist.json").read_text())
     assert {r.data.tags["feature_extractor_hash"] for r in children} == {stored["hash"]}

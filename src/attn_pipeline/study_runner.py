@@ -75,18 +75,22 @@ _STOP_SIGNAL: list[int] = []
 
 
 def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int | None:
-    """``kedro run args``'s exit code; None when it was not started (the study is stopping)."""
+    """``kedro run args``'s exit code; None when it was not started (the study is stopping).
+
+    Its output goes to ``log`` when given, appended after a line that says when and what ran:
+    a study started again keeps each cell's earlier sittings (its training epochs) above the
+    new one, which for a finished cell only says that nothing was left to do."""
     command = [sys.executable, "-m", "kedro", "run", *args]
-    if _STOPPING.is_set():
-        return None
     out = None
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log, "w")  # noqa: SIM115 (closed below, after the process ends)
     try:
         with _LOCK:
             if _STOPPING.is_set():
                 return None
+            if log is not None:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                out = open(log, "a")  # noqa: SIM115 (closed below, after the process ends)
+                out.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} kedro run {' '.join(args)}\n")
+                out.flush()
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
             _RUNNING.add(process)
         try:
