@@ -145,6 +145,21 @@ def test_rows_are_keyed_by_entry_not_architecture() -> None:
     assert "difference from `none_wide`" in markdown
 
 
+def test_a_section_no_entry_has_is_left_out_of_the_tables() -> None:
+    """A study without a steerable variant: no steering table (not a header without rows);
+    with one, the table lists only the entries that have the figures."""
+    plain = {f"{e}_seed{s}": _row(e, s, 100.0 + s) for e in ("none", "cbam") for s in range(2)}
+    for row in plain.values():
+        row.update({metric: math.nan for metric in METRICS if metric.startswith("steer_")})
+    _, _, markdown, _, _ = compare_variants(baselines=["none"], **plain)
+    assert "**Steering by attention" not in markdown
+    assert "**Samples, on the feature extractor's features**" in markdown
+    steerable = {f"spatial_gate_seed{s}": _row("spatial_gate", s, 100.0 + s) for s in range(2)}
+    _, _, markdown, _, _ = compare_variants(baselines=["none"], **plain, **steerable)
+    steering = markdown.split("**Steering by attention")[1].split("\n\n")[1]
+    assert [line.split(" | ")[0] for line in steering.splitlines()[2:]] == ["| spatial_gate"]
+
+
 def test_holm_adjustment() -> None:
     # the textbook example: m = 4, sorted p 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06, 0.06
     adjusted = holm(np.array([0.03, 0.01, 0.04, 0.02]))

@@ -311,14 +311,7 @@ def to_markdown(table: pd.DataFrame, differences: pd.DataFrame, baselines: list[
     ]
     from_first = differences[differences["baseline"] == baselines[0]].set_index(["entry", "metric"])
     for title, columns in TABLES:
-        lines += [
-            f"**{title}**",
-            "",
-            "| entry | seeds | parameters | s/epoch | "
-            + " | ".join(spec.label for spec in columns)
-            + " |",
-            "|---|---:|---:|---:|" + "---|" * len(columns),
-        ]
+        rows = []
         for r in table.itertuples():
             if all(math.isnan(getattr(r, f"{spec.name}_mean")) for spec in columns):
                 continue  # a variant without these metrics (no map to steer)
@@ -332,11 +325,22 @@ def to_markdown(table: pd.DataFrame, differences: pd.DataFrame, baselines: list[
                 )
                 for spec in columns
             ]
-            lines.append(
+            rows.append(
                 f"| {_entry_label(r.entry, r.architecture)} | {r.seeds} | {r.n_parameters:,} | "
                 f"{r.epoch_seconds:.1f} | " + " | ".join(cells) + " |"
             )
-        lines.append("")
+        if not rows:
+            continue  # no entry has these metrics (a study without a steerable variant)
+        lines += [
+            f"**{title}**",
+            "",
+            "| entry | seeds | parameters | s/epoch | "
+            + " | ".join(spec.label for spec in columns)
+            + " |",
+            "|---|---:|---:|---:|" + "---|" * len(columns),
+            *rows,
+            "",
+        ]
     lines.append(
         f"Each cell: mean ± standard deviation over seeds; then the difference from "
         f"`{baselines[0]}`, paired by seed, with the half-width of a 95% t interval, and the "
