@@ -25,8 +25,29 @@ TINY_RUN = {
         "kid_subsets": 5,
         "kid_subset_size": 20,
     },
-    "feature_extractor": {"epochs": 2, "batch_size": 50, "min_test_accuracy": 0.5},
+    # trained on the tiny data (the shipped reference is for the real data sets)
+    "feature_extractor": {
+        "epochs": 2,
+        "batch_size": 50,
+        "min_test_accuracy": 0.5,
+        "use_reference": False,
+    },
 }
+
+
+def as_cli_params(params: dict, prefix: str = "") -> str:
+    """``{"train": {"epochs": 2}}`` -> ``"train.epochs=2"``: nested parameters as ``kedro run
+    --params`` takes them."""
+    items = []
+    for key, value in params.items():
+        if isinstance(value, dict):
+            items.append(as_cli_params(value, f"{prefix}{key}."))
+        else:
+            items.append(
+                f"{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}"
+            )
+    return ",".join(items)
+
 
 RAW_NAMES = {
     "train_images": "train-images-idx3-ubyte.gz",

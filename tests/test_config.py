@@ -53,11 +53,6 @@ def test_batch_larger_than_the_data_names_the_fix() -> None:
     TrainConfig(batch_size=100).check_fits(100)
 
 
-def test_validation_split_must_leave_training_images() -> None:
-    with pytest.raises(ValidationError, match="val_size"):
-        DataPrepConfig(val_size=100, subset_size=100)
-
-
 def test_unknown_champion_metric_lists_the_known_ones() -> None:
     with pytest.raises(
         ValidationError, match=r"'nll' is not a test metric; choose one of .*'nll_iw'"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attn_pipeline.config import DataPrepConfig
+from attn_pipeline.config import ConfigError, DataPrepConfig
 from attn_pipeline.pipelines.data_prep.nodes import (
     RawDataError,
     prepare_test_set,
@@ -40,7 +40,8 @@ def test_split_is_seeded(raw) -> None:
 
 
 def test_subset_sizes(raw) -> None:
-    train, val = split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=50))
+    # val_size counts images of the whole file: a half-size subset holds out half as many
+    train, val = split_training_file(*raw, DataPrepConfig(val_size=20, subset_size=50))
     assert len(train["images"]) == 40 and len(val["images"]) == 10
     test = prepare_test_set(*raw, DataPrepConfig(test_subset_size=30))
     assert len(test["images"]) == 30 and len(test["labels"]) == 30
@@ -59,5 +60,20 @@ def test_labels_passed_as_images(raw) -> None:
 
 
 def test_subset_larger_than_the_file(raw) -> None:
-    with pytest.raises(RawDataError, match="subset_size is 500"):
+    with pytest.raises(ConfigError, match="subset_size is 500 but the training file has 100"):
         split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=500))
+
+
+@pytest.mark.parametrize(
+    ("subset_size", "expected"),
+    [(None, (55000, 5000)), (2000, (1833, 167)), (5000, (4583, 417)), (6000, (5500, 500))],
+)
+def test_the_default_validation_size_fits_every_subset(subset_size, expected) -> None:
+    """The parameters file's examples and the documented quick run are valid together with
+    the default val_size: the subset holds out MNIST's share (5000 of 60,000)."""
+    assert DataPrepConfig(subset_size=subset_size).split_sizes(60000) == expected
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"val_size \(100\) leaves no training images"):
+        DataPrepConfig(val_size=100).split_sizes(100)

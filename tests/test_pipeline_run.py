@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import ConfigError
-from attn_pipeline.tracking import REGISTERED_TAG, runner_name
-from tests.conftest import TINY_RUN, write_raw_dataset
+from attn_pipeline.hooks import MissingInputError
+from attn_pipeline.tracking import REGISTERED_TAG, parent_run_name, runner_name
+from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GENERATION_METRICS = {
@@ -172,6 +174,8 @@ def test_registered_champion_loads_in_a_fresh_process_without_project_code(
     assert version.tags["feature_extractor_hash"] == run.data.tags["feature_extractor_hash"]
     champion = client.get_model_version_by_alias("attn_pipeline.mnist.spatial_gate", "champion")
     assert champion.version == version.version
+    described = client.get_registered_model("attn_pipeline.mnist.spatial_gate").description
+    assert "`spatial_gate`" in described and "mnist" in described and "champion" in described
     script = (
         "import mlflow, torch, sys\n"
         f"mlflow.set_tracking_uri({tracking_uri!r})\n"
@@ -203,10 +207,67 @@ def test_train_pipeline_runs_on_its_own(
         default_run,
         tracking_uri,
         monkeypatch,
-        {"train": {"epochs": 1, "batch_size": 50}},
+        {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}},
         pipeline="train",
     )
     assert checkpoint.stat().st_mtime_ns > before
+
+
+def test_each_pipeline_works_from_raw_data_or_names_the_command_to_run_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a fresh folder holding only the raw files, `--pipelines train` prepares the data
+    and trains; `evaluate` without a trained model stops before any node with one line that
+    names `kedro run --pipelines train`, no traceback; `evaluate` after `train` works."""
+    project = _fresh_project(tmp_path)
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    out = subprocess.run(
+        [kedro, "run", "--pipelines", "evaluate", "--params", as_cli_params(TINY_RUN)],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"Error: none.checkpoint ({project / 'data/06_models/none/model.pt'}) does not exist: "
+        "run `kedro run --pipelines train` first; spatial_gate.checkpoint "
+        f"({project / 'data/06_models/spatial_gate/model.pt'}) does not exist: run "
+        "`kedro run --pipelines train` first"
+    )
+    assert not (project / "data/05_model_input").exists() or not list(
+        (project / "data/05_model_input").iterdir()
+    )  # stopped before any node
+    _run(project, uri, monkeypatch, TINY_RUN, pipeline="train")
+    assert (project / "data/05_model_input/mnist_train.pt").is_file()
+    assert (project / "data/06_models/none/model.pt").is_file()
+    _run(project, uri, monkeypatch, TINY_RUN, pipeline="evaluate")
+    assert (project / "data/08_reporting/none/test_metrics.json").is_file()
+
+
+def test_a_missing_raw_file_names_the_fetch_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _fresh_project(tmp_path)
+    (project / "data/01_raw/mnist/train-labels-idx1-ubyte.gz").unlink()
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    with pytest.raises(MissingInputError, match=r"raw_train_labels .* run `attn-fetch-data mnist`"):
+        _run(project, uri, monkeypatch, TINY_RUN, pipeline="train")
+    assert mlflow.active_run() is None
+
+
+def _fresh_project(root: Path) -> Path:
+    """A project folder as a fresh clone has it after the fetch: configuration, raw files."""
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()
+    write_raw_dataset(root / "data" / "01_raw" / "mnist")
+    (root / "mlruns").mkdir()
+    return root
 
 
 def test_bad_config_stops_the_run_before_any_node(
@@ -222,7 +283,7 @@ def test_bad_config_stops_the_run_before_any_node(
             {**TINY_RUN, "spatial_gate": {"model": {"variant": "bogus"}}},
         )
     with pytest.raises(Exception, match="batch_size is 5000"):
-        _run(default_run, tracking_uri, monkeypatch, {"train": {"batch_size": 5000}})
+        _run(default_run, tracking_uri, monkeypatch, {**TINY_RUN, "train": {"batch_size": 5000}})
     assert checkpoint.read_bytes() == before  # nothing already saved is lost
     assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
 
@@ -419,6 +480,28 @@ def test_a_misspelt_top_level_param_is_refused_with_the_nearest_name(
     assert mlflow.active_run() is None
 
 
+def test_a_misspelt_top_level_key_in_an_environment_file_is_refused_naming_the_file(
+    project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trian: {epochs: 3}` in conf/local or an environment would otherwise train the default
+    budget in silence; an entry the environment defines and lists is allowed."""
+    env = project / "conf" / "typo"
+    env.mkdir()
+    (env / "parameters.yml").write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"conf/typo/parameters.yml names 'trian' \(did you mean 'train'\?\)"
+    ):
+        _run(project, tracking_uri, monkeypatch, TINY_RUN, env="typo")
+    assert mlflow.active_run() is None
+    own = project / "conf" / "own_entry"
+    own.mkdir()
+    (own / "parameters.yml").write_text(
+        "variants: [mine]\nmine:\n  model: {variant: none, latent_dim: 4}\n"
+    )
+    _run(project, tracking_uri, monkeypatch, TINY_RUN, "train", env="own_entry")
+    assert (project / "data/06_models/mine/model.pt").is_file()
+
+
 @pytest.mark.parametrize(
     ("recorded", "tag"),
     [
@@ -435,6 +518,20 @@ def test_a_misspelt_top_level_param_is_refused_with_the_nearest_name(
 )
 def test_the_runner_tag_is_a_class_name(recorded: str, tag: str) -> None:
     assert runner_name(recorded) == tag
+
+
+@pytest.mark.parametrize(
+    ("run_params", "name"),
+    [
+        ({"pipeline_names": None, "tags": ()}, "default"),  # `kedro run`
+        ({"pipeline_names": ["__default__"], "tags": ()}, "default"),
+        ({"pipeline_names": ["train"], "tags": ()}, "train"),
+        ({"pipeline_names": ["data_prep", "train"], "tags": ()}, "data_prep+train"),
+        ({"pipeline_names": None, "tags": ("evaluate",)}, "evaluate"),  # `--tags evaluate`
+    ],
+)
+def test_the_parent_run_is_named_after_what_ran(run_params: dict, name: str) -> None:
+    assert parent_run_name(run_params) == name
 
 
 def test_a_run_started_again_keeps_its_registered_versions(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import click
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 #: Model variants a ``model.variant`` parameter may name.
@@ -22,8 +23,11 @@ SPATIAL_MAP_VARIANTS = frozenset({"spatial", "spatial_gate"})
 CONV_ONLY_VARIANTS = frozenset({"self", "cbam"})
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work, caught before any long work starts."""
+class ConfigError(click.ClickException, ValueError):
+    """A configuration value that cannot work, caught before any long work starts.
+
+    A ``ClickException``: ``kedro run`` prints its message as one line (no traceback)
+    and exits 1."""
 
 
 class _Config(BaseModel):
@@ -34,7 +38,12 @@ class _Config(BaseModel):
 class DataPrepConfig(_Config):
     """How raw IDX arrays become model-input tensors (``params:data_prep``)."""
 
-    val_size: int = Field(5000, ge=0, description="images held out of the training file")
+    val_size: int = Field(
+        5000,
+        ge=0,
+        description="images of the whole training file held out for validation; a subset "
+        "holds out the same share of its images",
+    )
     seed: int = Field(0, description="seed of the train/validation split and of the subsets")
     subset_size: PositiveInt | None = Field(
         None, description="use only this many training-file images (before the split)"
@@ -46,14 +55,29 @@ class DataPrepConfig(_Config):
         "Bernoulli(grey level) every time it sees it; evaluation uses one fixed draw",
     )
 
-    @model_validator(mode="after")
-    def _split_leaves_training_data(self) -> DataPrepConfig:
-        if self.subset_size is not None and self.val_size >= self.subset_size:
-            raise ValueError(
-                f"val_size ({self.val_size}) must be smaller than subset_size "
-                f"({self.subset_size}) so that some images are left to train on"
+    def split_sizes(self, n_file: int) -> tuple[int, int]:
+        """(training images, validation images) taken from a training file of ``n_file``.
+
+        ``val_size`` counts images of the whole file; a subset of it holds out the same
+        share (MNIST: 5000 of 60,000, so ``subset_size: 6000`` holds out 500)."""
+        if self.val_size >= n_file:
+            raise ConfigError(
+                f"data_prep.val_size ({self.val_size}) leaves no training images out of the "
+                f"training file's {n_file}: lower data_prep.val_size"
             )
-        return self
+        if self.subset_size is not None and self.subset_size > n_file:
+            raise ConfigError(
+                f"data_prep.subset_size is {self.subset_size} but the training file has "
+                f"{n_file} images: lower it, or set it to null to use them all"
+            )
+        n_used = self.subset_size or n_file
+        n_val = round(self.val_size * n_used / n_file)
+        if n_val >= n_used:
+            raise ConfigError(
+                f"data_prep.subset_size ({n_used}) leaves no training images beside its "
+                f"{n_val} validation images: raise data_prep.subset_size"
+            )
+        return n_used - n_val, n_val
 
 
 class ModelConfig(_Config):
@@ -158,6 +182,11 @@ class FeatureExtractorConfig(_Config):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     min_test_accuracy: float = Field(
         0.99, ge=0, le=1, description="warn when the trained extractor scores below this"
+    )
+    use_reference: bool = Field(
+        True,
+        description="with no extractor stored in the project folder, use the reference "
+        "shipped with the package (false: train one)",
     )
 
 

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kedro.framework.project import pipelines, settings
 from kedro.pipeline import Pipeline
 from pydantic import ValidationError
@@ -34,37 +33,26 @@ from attn_pipeline.pipelines import (
 
 
 def load_parameters(conf_source: Path | None = None, env: str | None = None) -> dict[str, Any]:
-    """The project's parameters files, base overlaid by ``env`` (``KEDRO_ENV``, else local).
+    """The project's parameters as Kedro reads them, for code that runs without a session
+    (``kedro registry list``, benchmarks, tests): ``conf_source`` (default: ``conf/`` in the
+    working directory), base overlaid by ``env`` (``KEDRO_ENV``, else local).
 
-    Read as plain YAML, the environment's blocks merged into base's key by key, as Kedro
-    merges them (``merge_strategy: soft`` in settings.py). Not through a second
-    ``OmegaConfigLoader``: creating one re-registers the ``globals`` resolver for every
-    loader, so the session's catalog would then resolve ``${globals:dataset}`` from base
-    and ``--env fashion_mnist`` would read MNIST's files.
-    Interpolations are left unresolved; the lists and model blocks read here have none.
+    Within a run, use the session's own loader (``context.config_loader["parameters"]``):
+    a second ``OmegaConfigLoader`` re-registers the ``globals`` resolver for every loader,
+    so the session's catalog would then resolve ``${globals:dataset}`` from this one.
     """
     conf_source = conf_source or Path.cwd() / settings.CONF_SOURCE
-    if not conf_source.is_dir():
+    if not conf_source.exists():
         raise FileNotFoundError(
-            f"no configuration folder {conf_source}: run kedro from the project's root"
+            f"no configuration folder {conf_source}: run kedro from the project's root, or "
+            "give the configuration with --conf-source"
         )
-    env = env or os.environ.get("KEDRO_ENV") or settings.CONFIG_LOADER_ARGS["default_run_env"]
-    merged: dict[str, Any] = {}
-    for folder in (settings.CONFIG_LOADER_ARGS["base_env"], env):
-        for path in sorted((conf_source / folder).glob("**/parameters*.yml")):
-            merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
-    return merged
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` merged into ``base``: nested dicts key by key, anything else replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    loader = settings.CONFIG_LOADER_CLASS(
+        conf_source=str(conf_source),
+        env=env or os.environ.get("KEDRO_ENV"),
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return loader["parameters"]
 
 
 def _checked_names(names: list[str], what: str, params: dict[str, Any]) -> tuple[str, ...]:
@@ -119,15 +107,23 @@ def use_run_parameters(params: dict[str, Any]) -> None:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
+    """Each pipeline with the upstream steps it needs, so that ``kedro run --pipelines X``
+    works from raw data: preparing the data is seconds and follows the run's own
+    ``data_prep`` parameters, so every pipeline that reads the model input makes it afresh
+    (as ``compare`` does). Trained models are not remade: ``evaluate`` and ``generate``
+    read those of an earlier ``train`` (the run stops first, naming it, when one is missing).
+    """
     plan = pipeline_plan(_run_parameters if _run_parameters is not None else load_parameters())
     variants, study_variants = plan["variants"], plan["study.variants"]
     steerable = plan["steerable"]
+    prepared = data_prep.create_pipeline()
+    with_extractor = prepared + feature_extractor.create_pipeline()
     pipelines = {
-        "data_prep": data_prep.create_pipeline(),
-        "feature_extractor": feature_extractor.create_pipeline(),
-        "train": train.create_pipeline(variants),
-        "evaluate": evaluate.create_pipeline(variants),
-        "generate": generate.create_pipeline(variants, steerable=steerable),
+        "data_prep": prepared,
+        "feature_extractor": with_extractor,
+        "train": prepared + train.create_pipeline(variants),
+        "evaluate": with_extractor + evaluate.create_pipeline(variants),
+        "generate": prepared + generate.create_pipeline(variants, steerable=steerable),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
     pipelines["compare"] = compare.create_pipeline(

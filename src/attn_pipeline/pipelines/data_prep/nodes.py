@@ -55,22 +55,15 @@ def split_training_file(
 ) -> tuple[TensorSplit, TensorSplit]:
     """Scale the training file to [0, 1] and split it, seeded, into train and validation.
 
-    With ``subset_size`` set, a seeded random subset of that many images is split instead.
+    With ``subset_size`` set, a seeded random subset of that many images is split instead,
+    holding out the same share for validation (:meth:`DataPrepConfig.split_sizes`).
     """
     full = _to_split(images, labels, "train")
     n = len(full["labels"])
-    if config.subset_size is not None and config.subset_size > n:
-        raise RawDataError(f"data_prep.subset_size is {config.subset_size} but the file has {n}")
-    n_used = config.subset_size or n
-    if config.val_size >= n_used:
-        raise RawDataError(
-            f"data_prep.val_size ({config.val_size}) leaves no training images out of {n_used}"
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:n_used]
-    val_index, train_index = order[: config.val_size], order[config.val_size :]
-    logger.info(
-        "split %d images: %d train, %d validation", n_used, len(train_index), len(val_index)
-    )
+    n_train, n_val = config.split_sizes(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    val_index, train_index = order[:n_val], order[n_val : n_val + n_train]
+    logger.info("split %d images: %d train, %d validation", n_train + n_val, n_train, n_val)
     return _flagged(_take(full, train_index), config), _flagged(_take(full, val_index), config)
 
 
