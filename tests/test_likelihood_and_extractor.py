@@ -84,7 +84,9 @@ def test_nll_subset_is_seeded_sorted_and_spread_over_the_test_file() -> None:
 def test_extractor_is_trained_once_and_then_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     train, test = _split(400), _split(100, seed=1)
     config = FeatureExtractorConfig(epochs=3, batch_size=50, learning_rate=3e-3)
-    checkpoint, info = extractor_nodes.ensure_feature_extractor(None, train, test, config, "mnist")
+    checkpoint, info = extractor_nodes.ensure_feature_extractor(
+        None, None, train, test, config, "mnist"
+    )
     assert info["test_accuracy"] > 0.9  # ten well-separated bar positions
     assert info["hash"] == state_dict_hash(checkpoint["state_dict"])
     assert "state_dict" not in info and info["dataset"] == "mnist"
@@ -96,11 +98,34 @@ def test_extractor_is_trained_once_and_then_reused(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(extractor_nodes, "fit_classifier", no_training)
     again, again_info = extractor_nodes.ensure_feature_extractor(
-        checkpoint, train, test, config, "mnist"
+        checkpoint, None, train, test, config, "mnist"
     )
     assert again is checkpoint and again_info == info
     with pytest.raises(ValueError, match="trained on 'mnist', not 'fashion_mnist'"):
-        extractor_nodes.ensure_feature_extractor(checkpoint, train, test, config, "fashion_mnist")
+        extractor_nodes.ensure_feature_extractor(
+            checkpoint, None, train, test, config, "fashion_mnist"
+        )
+
+
+def test_the_shipped_reference_stands_in_for_a_missing_extractor_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train, test = _split(400), _split(100, seed=1)
+    stored = {"dataset": "mnist", "hash": "stored", "test_accuracy": 0.5, "state_dict": {}}
+    reference = {"dataset": "mnist", "hash": "reference", "test_accuracy": 0.99, "state_dict": {}}
+    trained = []
+    monkeypatch.setattr(
+        extractor_nodes, "fit_classifier", lambda *a, **k: trained.append(1) or _tiny_model()
+    )
+    config = FeatureExtractorConfig(epochs=1, batch_size=50)
+    use = extractor_nodes.ensure_feature_extractor
+    # the project folder's own extractor wins; then the reference; training only when off
+    assert use(stored, reference, train, test, config, "mnist")[0] is stored
+    assert use(None, reference, train, test, config, "mnist")[0] is reference
+    assert trained == []
+    off = config.model_copy(update={"use_reference": False})
+    assert use(None, reference, train, test, off, "mnist")[0]["hash"] not in ("reference",)
+    assert trained == [1]
 
 
 def test_hash_follows_the_weights() -> None:
@@ -119,3 +144,9 @@ def test_binarize_flags_the_splits_and_evaluates_on_one_fixed_draw() -> None:
     assert set(first.unique().tolist()) <= {0.0, 1.0} and torch.equal(first, second)
     grey, _ = split_training_file(images, labels, DataPrepConfig(val_size=10))
     assert not is_binarized(grey) and torch.equal(evaluation_images(grey), grey["images"])
+
+
+def _tiny_model() -> torch.nn.Module:
+    from attn_pipeline.models.classifier import FeatureClassifier  # noqa: PLC0415
+
+    return FeatureClassifier(image_channels=1, feature_dim=16).eval()

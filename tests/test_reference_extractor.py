@@ -21,7 +21,7 @@ from attn_pipeline.pipelines.feature_extractor.nodes import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = PROJECT_ROOT / "data" / "06_models" / "feature_extractor"
+SHIPPED = PROJECT_ROOT / "src" / "attn_pipeline" / "reference" / "feature_extractor"
 #: The README's figures (Metrics): hash and accuracy on the full official test set.
 DOCUMENTED = {
     "mnist": ("bf06febc6b1ef0dc", 0.9907),

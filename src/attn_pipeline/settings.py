@@ -2,7 +2,9 @@
 
 import os
 import warnings
+from pathlib import Path
 
+import yaml
 from kedro.config import OmegaConfigLoader
 from mlflow.telemetry.client import set_telemetry_client
 from omegaconf.resolvers import oc
@@ -14,9 +16,24 @@ from attn_pipeline.tracking import FlatParamsMlflowHook, VariantRunsHook
 # the warning repeats on every run and says nothing actionable for this project.
 warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
 
+
+def _telemetry_consented(project_path: Path) -> bool:
+    """Whether the project folder's ``.telemetry`` file grants consent (``consent: true``)."""
+    try:
+        granted = yaml.safe_load((project_path / ".telemetry").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(granted, dict) and granted.get("consent") is True
+
+
+# kedro-telemetry treats a missing `.telemetry` file as consent, so a packaged run
+# (`python -m attn_pipeline` in a folder of its own) would send usage data: nothing is sent
+# unless the folder's `.telemetry` says `consent: true`. Set before any session's hooks ask.
+if not _telemetry_consented(Path.cwd()):
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
 # MLflow sends usage telemetry unless told not to. Kedro's plugins import mlflow before
 # this file, so its client is rebuilt once the switch is set (a user's own setting wins).
-# kedro-telemetry is off through the project's `.telemetry` file (`consent: false`).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 set_telemetry_client()
 

@@ -9,12 +9,13 @@ from .saved_state import (
     TrainingCheckpointsDataset,
     configuration_key,
 )
-from .torch_dataset import TorchDataset
+from .torch_dataset import PackagedTorchDataset, TorchDataset
 
 __all__ = [
     "CheckpointFolders",
     "IDXDataset",
     "IDXFormatError",
+    "PackagedTorchDataset",
     "ResultCache",
     "ResultCacheDataset",
     "TorchDataset",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,8 +41,16 @@ class TorchDataset(AbstractDataset[Any, Any]):
         self._missing_ok = missing_ok
         self.metadata = metadata
 
+    @property
+    def missing_ok(self) -> bool:
+        """Whether a missing file is a valid state (it loads as ``None``)."""
+        return self._missing_ok
+
+    def _path(self) -> Path:
+        return Path(self._filepath)
+
     def load(self) -> Any:
-        path = Path(self._filepath)
+        path = self._path()
         if not path.is_file() and self._missing_ok:
             return None
         if not path.is_file():
@@ -57,7 +66,41 @@ class TorchDataset(AbstractDataset[Any, Any]):
         write_atomically(path, lambda tmp: torch.save(data, tmp))
 
     def _exists(self) -> bool:
-        return Path(self._filepath).is_file()
+        return self._path().is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "missing_ok": self._missing_ok}
+
+
+class PackagedTorchDataset(TorchDataset):
+    """A read-only ``torch.save`` file shipped inside an installed Python package, found
+    wherever the package is installed (a checkout, a wheel), not in the working directory.
+
+    Example catalog entry::
+
+        reference_feature_extractor:
+          type: attn_pipeline.datasets.PackagedTorchDataset
+          package: attn_pipeline
+          resource: reference/feature_extractor/mnist.pt
+    """
+
+    def __init__(
+        self,
+        *,
+        package: str,
+        resource: str,
+        missing_ok: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        # not `filepath`: Kedro makes a relative filepath absolute under the project folder
+        super().__init__(filepath=resource, missing_ok=missing_ok, metadata=metadata)
+        self._package = package
+
+    def _path(self) -> Path:
+        return Path(str(importlib.resources.files(self._package).joinpath(str(self._filepath))))
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{self._filepath} ships with {self._package}: it is read-only")
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "package": self._package}

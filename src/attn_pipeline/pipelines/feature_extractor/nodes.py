@@ -65,16 +65,22 @@ def fit_classifier(
 
 def ensure_feature_extractor(
     stored: dict[str, Any] | None,
+    reference: dict[str, Any] | None,
     train_set: dict[str, torch.Tensor],
     test_set: dict[str, torch.Tensor],
     config: FeatureExtractorConfig,
     dataset: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored extractor of ``dataset`` if there is one, else a newly trained one.
+    """The extractor of ``dataset`` stored in the project folder if there is one, else the
+    reference shipped with the package (``config.use_reference``), else a newly trained one.
 
     Returns the extractor checkpoint (weights, config, test accuracy, content hash) and
-    its description for the reports. To train a new one, delete the stored file.
+    its description for the reports. To train a new one, delete the stored file and set
+    ``feature_extractor.use_reference: false``.
     """
+    if stored is None and config.use_reference and reference is not None:
+        logger.info("no stored feature extractor: using the reference shipped with the package")
+        stored = reference
     if stored is not None:
         if stored.get("dataset") != dataset:
             raise ValueError(
