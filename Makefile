@@ -3,15 +3,23 @@
 #   make run                      fetch MNIST (download), then `kedro run`
 #   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
 #   make test                     the test suite (tests make their own tiny data)
+#   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATASET ?= mnist
 DATA_DIR ?= $(ATTN_PIPELINE_DATA_DIR)
+PORT ?= 5000
+# the registered model `make serve` serves: attn_pipeline.<DATASET>.<ENTRY>@champion
+ENTRY ?= spatial_gate
+MODEL ?= models:/attn_pipeline.$(DATASET).$(ENTRY)@champion
 export KEDRO_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+# The tools start helpers by name (`kedro mlflow ui` runs `mlflow`, `mlflow models serve`
+# runs `uvicorn`, `kedro ipython` runs `ipython`): the environment's come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data run test lint viz mlflow-ui lock
+.PHONY: setup data run test lint viz mlflow-ui serve ipython lock
 
 LOCK := requirements.lock
 
@@ -48,11 +56,19 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/ruff format --check src tests benchmarks docs
 
+VIZ_PORT ?= 4141
 viz: setup
-	$(BIN)/kedro viz run --no-browser
+	$(BIN)/kedro viz run --no-browser --port $(VIZ_PORT)
+
+ipython: setup
+	$(BIN)/kedro ipython
 
 # MLflow 3 opens in its GenAI mode; the link printed first opens the experiment on its runs.
 MLFLOW_STORE := sqlite:///mlruns/mlflow.db
 mlflow-ui: setup
-	@$(BIN)/python -c "import mlflow; e = mlflow.MlflowClient('$(MLFLOW_STORE)').get_experiment_by_name('attn_pipeline_$(DATASET)'); print('runs of attn_pipeline_$(DATASET): http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '<id>') + '/runs?workflowType=machine_learning')"
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --port 5000
+	@$(BIN)/python -c "import mlflow; e = mlflow.MlflowClient('$(MLFLOW_STORE)').get_experiment_by_name('attn_pipeline_$(DATASET)'); print('runs of attn_pipeline_$(DATASET): http://127.0.0.1:$(PORT)/#/experiments/' + (e.experiment_id if e else '<id>') + '/runs?workflowType=machine_learning')"
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --port $(PORT)
+
+# A registered generator as a REST endpoint (POST /invocations: latent codes in, images out).
+serve: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(MLFLOW_STORE)} $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(PORT)

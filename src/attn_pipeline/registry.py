@@ -30,9 +30,27 @@ def registered_model_name(dataset: str, entry: str) -> str:
     return f"{PREFIX}.{dataset}.{entry}"
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
-    """A new version of ``name`` for the logged model ``model_uri`` (linked to its run)."""
+def describe_model(dataset: str, entry: str, variant: str) -> str:
+    """The registered model's description, shown on its page in the MLflow UI."""
+    return (
+        f"The generator of attn_pipeline's entry `{entry}` (architecture `{variant}`), "
+        f"trained on {dataset}: latent codes z (n, latent_dim), float32, drawn from N(0, I), "
+        "in; images (n, 1, height, width) of pixel probabilities in [0, 1] out. Each version "
+        "is one training run (the run that logged it is linked) at the project's training "
+        "budget. Version tags: `entry`, `variant`, `seed`; `weights_hash` (the same weights "
+        "are one version); `test/<metric>`, the run's test figures, with what measured them "
+        "(`fid_n_samples`, `nll_iw_k`, `nll_iw_n_images`, `feature_extractor_hash`). The "
+        f"alias `{CHAMPION}` names the version with the best `registry.champion_metric` among "
+        "versions measured alike. Load: mlflow.pytorch.load_model('models:/<name>@champion'); "
+        "no project code is needed."
+    )
+
+
+def register(model_uri: str, name: str, tags: dict[str, str], description: str) -> ModelVersion:
+    """A new version of ``name`` for the logged model ``model_uri`` (linked to its run); the
+    registered model carries ``description``."""
     version = mlflow.register_model(model_uri, name, tags=tags)
+    mlflow.MlflowClient().update_registered_model(name, description=description)
     logger.info("registered %s version %s", name, version.version)
     return version
 

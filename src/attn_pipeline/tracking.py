@@ -127,6 +127,17 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
 
+def parent_run_name(run_params: dict[str, Any]) -> str:
+    """The parent run's name: what ran. kedro-mlflow names it after the pipelines, and
+    ``__default__`` for a bare ``kedro run``, also when ``--tags`` picked some of its nodes:
+    here ``default``, the pipelines (``train``, ``data_prep+train``), or the tags
+    (``kedro run --tags evaluate``: ``evaluate``)."""
+    named = [name for name in run_params.get("pipeline_names") or () if name != DEFAULT_PIPELINE]
+    if not named:
+        named = list(run_params.get("tags") or ())
+    return "+".join(named) or "default"
+
+
 def runner_name(described: str) -> str:
     """The runner's class name from what Kedro records of it: the object's repr (``<kedro.
     runner.sequential_runner.SequentialRunner object at 0x...>``, a new address every run,
@@ -261,8 +272,9 @@ class VariantRunsHook:
             return  # tracking off for this pipeline
         tags = _owner_tags()
         tags["runner"] = runner_name(str(run_params.get("runner")))
-        if parent.info.run_name == DEFAULT_PIPELINE:  # kedro-mlflow names it after the pipeline
-            tags["mlflow.runName"] = "default"
+        name = parent_run_name(run_params)
+        if parent.info.run_name != name and not os.environ.get("MLFLOW_RUN_ID"):
+            tags["mlflow.runName"] = name  # a resumed run (attn-study's `compare`) keeps its own
         mlflow.set_tags(tags)
         client = mlflow.MlflowClient()
         experiment = client.get_experiment(parent.info.experiment_id)
@@ -375,12 +387,18 @@ class VariantRunsHook:
         if namespace in self._versions or not both_known:
             return
         entry = self._entries[namespace]
-        name = registry.registered_model_name(str(self._params.get("dataset", "")), entry["entry"])
+        dataset = str(self._params.get("dataset", ""))
+        name = registry.registered_model_name(dataset, entry["entry"])
         sampler, weights = self._models.pop(namespace)
         version = registry.version_with_weights(name, weights)
         if version is None:
             uri = log_sampler_model(sampler).model_uri
-            version = registry.register(uri, name, tags={**entry, registry.WEIGHTS_TAG: weights})
+            version = registry.register(
+                uri,
+                name,
+                tags={**entry, registry.WEIGHTS_TAG: weights},
+                description=registry.describe_model(dataset, entry["entry"], entry["variant"]),
+            )
         else:
             logger.info("%s version %s has these weights already", name, version.version)
         mlflow.set_tag(REGISTERED_TAG, f"{version.name}/{version.version}")
