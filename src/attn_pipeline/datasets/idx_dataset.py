@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
+from .torch_dataset import write_atomically
+
 _UBYTE = 0x08
 # Type codes the IDX format defines; only unsigned bytes occur in (Fashion-)MNIST.
 _TYPE_NAMES = {
@@ -158,9 +160,7 @@ class IDXDataset(AbstractDataset[np.ndarray, np.ndarray]):
         payload = encode_idx(data)
         if path.suffix == ".gz":
             payload = gzip.compress(payload, mtime=0)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_bytes(payload)
-        tmp.replace(path)
+        write_atomically(path, lambda tmp: tmp.write_bytes(payload))
 
     def item_count(self) -> int:
         """The number of items the header declares, read without loading the data."""

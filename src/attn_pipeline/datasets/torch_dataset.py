@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -11,12 +14,63 @@ import torch
 from kedro.io import AbstractDataset, DatasetError
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two saved values are equal: tensors by dtype, shape and values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        both = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        return both and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+class WriteError(DatasetError):
+    """A file could not be written (a full disk, a read-only folder); the previous version of
+    the file, if any, is untouched and no partial file is left behind."""
+
+
+def _cause(error: BaseException, folder: Path) -> str:
+    """What went wrong, in words: torch reports a full disk as ``unexpected pos ...``."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "No space left on device"
+    try:
+        full = shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        full = False
+    if full:
+        return f"No space left on device ({error})"
+    return str(error) or type(error).__name__
+
+
+#: Free bytes under which a failed write is put down to a full disk.
+_NEARLY_FULL = 1 << 20
+
+
 def write_atomically(path: Path, save: Callable[[Path], object]) -> None:
     """``save(tmp)`` then rename: ``path`` is either absent, the old file or the new one,
-    whenever the process is killed; a leftover ``<name>.partial`` is never read."""
+    whenever the process is killed; a leftover ``<name>.partial`` is never read. The file
+    and its folder are synced before and after the rename, so the new version survives a
+    power cut once this returns. A failed write (a full disk) removes the partial file,
+    keeps the old one and raises :class:`WriteError` naming the file and the cause."""
     tmp = path.with_name(path.name + ".partial")
-    save(tmp)
+    try:
+        save(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(
+            f"{_cause(error, path.parent)} while writing {path}: free some space (or fix the "
+            "folder's permissions) and run again; the previous version, if any, is kept"
+        ) from error
     tmp.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class TorchDataset(AbstractDataset[Any, Any]):
@@ -34,11 +88,19 @@ class TorchDataset(AbstractDataset[Any, Any]):
     """
 
     def __init__(
-        self, *, filepath: str, missing_ok: bool = False, metadata: dict[str, Any] | None = None
+        self,
+        *,
+        filepath: str,
+        missing_ok: bool = False,
+        rewrite_unchanged: bool = True,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
-        """``missing_ok``: a missing file loads as ``None`` (for "use it if it exists")."""
+        """``missing_ok``: a missing file loads as ``None`` (for "use it if it exists").
+        ``rewrite_unchanged: false``: a save of what the file holds already (equal values)
+        leaves the file alone (its time stamp too; a read-only copy is not written at all)."""
         self._filepath = PurePosixPath(filepath)
         self._missing_ok = missing_ok
+        self._rewrite_unchanged = rewrite_unchanged
         self.metadata = metadata
 
     @property
@@ -62,6 +124,8 @@ class TorchDataset(AbstractDataset[Any, Any]):
 
     def save(self, data: Any) -> None:
         path = Path(self._filepath)
+        if not self._rewrite_unchanged and path.is_file() and _same(data, self.load()):
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: torch.save(data, tmp))
 
