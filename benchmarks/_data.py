@@ -24,9 +24,9 @@ def load_splits(
         return IDXDataset(filepath=str(folder / name)).load()
 
     train, val = split_training_file(
-        raw("train-images-idx3-ubyte.gz"), raw("train-labels-idx1-ubyte.gz"), config
+        raw("train-images-idx3-ubyte.gz"), raw("train-labels-idx1-ubyte.gz"), config, dataset
     )
     test = prepare_test_set(
-        raw("t10k-images-idx3-ubyte.gz"), raw("t10k-labels-idx1-ubyte.gz"), config
+        raw("t10k-images-idx3-ubyte.gz"), raw("t10k-labels-idx1-ubyte.gz"), config, dataset
     )
     return train, val, test

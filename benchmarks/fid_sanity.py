@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from attn_pipeline.config import EvaluateConfig, FeatureExtractorConfig
-from attn_pipeline.datasets import ResultCache, TorchDataset
+from attn_pipeline.datasets import PackagedTorchDataset, ResultCache, TorchDataset
 from attn_pipeline.metrics import classifier_view, frechet_distance
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model
 from attn_pipeline.pipelines.feature_extractor.nodes import (
@@ -39,10 +39,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     train, _, test = load_splits(args.dataset)
     store = TorchDataset(filepath=f"data/06_models/feature_extractor/{args.dataset}.pt")
+    reference = PackagedTorchDataset(
+        package="attn_pipeline",
+        resource=f"reference/feature_extractor/{args.dataset}.pt",
+        missing_ok=True,
+    ).load()
     started = time.perf_counter()
-    stored = store.load() if store.exists() else None
+    stored = store.load() if store.exists() else reference
     extractor_checkpoint, info = ensure_feature_extractor(
-        stored, train, test, FeatureExtractorConfig(), args.dataset
+        stored, reference, train, test, FeatureExtractorConfig(), args.dataset
     )
     if stored is None:
         store.save(extractor_checkpoint)
@@ -67,7 +72,7 @@ def main() -> None:
             classifier_view(extractor, noise).features, test_features
         ),
     }
-    checkpoint_path = Path(f"data/06_models/{args.variant}/model.pt")
+    checkpoint_path = Path(f"data/06_models/{args.dataset}/{args.variant}/model.pt")
     if checkpoint_path.is_file():
         checkpoint = TorchDataset(filepath=str(checkpoint_path)).load()
         started = time.perf_counter()

@@ -81,7 +81,7 @@ def main() -> None:
 
         project = _copy(Path(scratch) / "killed", args.variant)
         process = _start(project, args.epochs)
-        training = project / "data" / "06_models" / args.variant / "training"
+        training = project / "data" / "06_models" / "mnist" / args.variant / "training"
         epoch_file = f"epoch_{args.kill_after:03d}.pt"
         while True:
             saved = list(training.glob(f"*/{epoch_file}"))
@@ -99,7 +99,7 @@ def main() -> None:
         resumed_seconds = time.perf_counter() - started
 
         def weights(root: Path) -> dict[str, torch.Tensor]:
-            path = root / "data" / "06_models" / args.variant / "model.pt"
+            path = root / "data" / "06_models" / "mnist" / args.variant / "model.pt"
             return torch.load(path, weights_only=True)["state_dict"]
 
         expected, actual = weights(reference), weights(project)

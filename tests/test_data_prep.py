@@ -21,7 +21,7 @@ def raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_split_scales_to_unit_range_and_keeps_every_image_once(raw) -> None:
-    train, val = split_training_file(*raw, DataPrepConfig(val_size=20))
+    train, val = split_training_file(*raw, DataPrepConfig(val_size=20), "mnist")
     assert train["images"].shape == (80, 1, 28, 28) and val["images"].shape == (20, 1, 28, 28)
     assert train["images"].dtype == torch.float32 and train["labels"].dtype == torch.int64
     assert 0.0 <= float(train["images"].min()) and float(train["images"].max()) <= 1.0
@@ -32,36 +32,36 @@ def test_split_scales_to_unit_range_and_keeps_every_image_once(raw) -> None:
 
 
 def test_split_is_seeded(raw) -> None:
-    a, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3))
-    b, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3))
-    c, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=4))
+    a, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3), "mnist")
+    b, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=3), "mnist")
+    c, _ = split_training_file(*raw, DataPrepConfig(val_size=20, seed=4), "mnist")
     assert torch.equal(a["labels"], b["labels"])
     assert not torch.equal(a["images"], c["images"])
 
 
 def test_subset_sizes(raw) -> None:
     # val_size counts images of the whole file: a half-size subset holds out half as many
-    train, val = split_training_file(*raw, DataPrepConfig(val_size=20, subset_size=50))
+    train, val = split_training_file(*raw, DataPrepConfig(val_size=20, subset_size=50), "mnist")
     assert len(train["images"]) == 40 and len(val["images"]) == 10
-    test = prepare_test_set(*raw, DataPrepConfig(test_subset_size=30))
+    test = prepare_test_set(*raw, DataPrepConfig(test_subset_size=30), "mnist")
     assert len(test["images"]) == 30 and len(test["labels"]) == 30
 
 
 def test_images_and_labels_of_different_lengths(raw) -> None:
     images, labels = raw
     with pytest.raises(RawDataError, match="100 images but raw_train_labels has 99 labels"):
-        split_training_file(images, labels[:99], DataPrepConfig(val_size=10))
+        split_training_file(images, labels[:99], DataPrepConfig(val_size=10), "mnist")
 
 
 def test_labels_passed_as_images(raw) -> None:
     _, labels = raw
     with pytest.raises(RawDataError, match="raw_test_images: expected shape"):
-        prepare_test_set(labels, labels, DataPrepConfig())
+        prepare_test_set(labels, labels, DataPrepConfig(), "mnist")
 
 
 def test_subset_larger_than_the_file(raw) -> None:
     with pytest.raises(ConfigError, match="subset_size is 500 but the training file has 100"):
-        split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=500))
+        split_training_file(*raw, DataPrepConfig(val_size=10, subset_size=500), "mnist")
 
 
 @pytest.mark.parametrize(

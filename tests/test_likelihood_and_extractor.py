@@ -137,12 +137,14 @@ def test_hash_follows_the_weights() -> None:
 
 def test_binarize_flags_the_splits_and_evaluates_on_one_fixed_draw() -> None:
     images, labels = digit_like_images(60)
-    train, val = split_training_file(images, labels, DataPrepConfig(val_size=10, binarize=True))
+    train, val = split_training_file(
+        images, labels, DataPrepConfig(val_size=10, binarize=True), "mnist"
+    )
     assert is_binarized(train) and is_binarized(val)
     assert train["images"].unique().numel() > 2  # stored as grey levels
     first, second = evaluation_images(val), evaluation_images(val)
     assert set(first.unique().tolist()) <= {0.0, 1.0} and torch.equal(first, second)
-    grey, _ = split_training_file(images, labels, DataPrepConfig(val_size=10))
+    grey, _ = split_training_file(images, labels, DataPrepConfig(val_size=10), "mnist")
     assert not is_binarized(grey) and torch.equal(evaluation_images(grey), grey["images"])
 
 

@@ -99,7 +99,7 @@ def test_the_packaged_project_runs_from_its_conf_tarball_with_the_shipped_extrac
     assert str(PROJECT_ROOT / "src") not in out.stdout + out.stderr
     extractor = json.loads((folder / "data/06_models/feature_extractor/mnist.json").read_text())
     assert extractor["hash"] == REFERENCE_MNIST_HASH
-    assert (folder / "data/08_reporting/spatial_gate/test_metrics.json").is_file()
+    assert (folder / "data/08_reporting/mnist/spatial_gate/test_metrics.json").is_file()
     assert (folder / "mlruns" / "mlflow.db").is_file()
     # no usage data left: kedro-telemetry asked nothing of the network ...
     assert not (hooks / "log").exists(), (hooks / "log").read_text()

@@ -18,6 +18,7 @@ from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import ConfigError
 from attn_pipeline.hooks import MissingInputError
+from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.tracking import REGISTERED_TAG, parent_run_name, runner_name
 from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
 
@@ -149,14 +150,16 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
             "training_history.csv",
         } <= artifacts
         for image in ("samples", "reconstructions", "interpolations"):
-            assert (default_run / "data" / "08_reporting" / name / f"{image}.png").is_file()
-        reports = default_run / "data" / "08_reporting" / name
+            assert (
+                default_run / "data" / "08_reporting" / "mnist" / name / f"{image}.png"
+            ).is_file()
+        reports = default_run / "data" / "08_reporting" / "mnist" / name
         metrics = json.loads((reports / "test_metrics.json").read_text())
         assert metrics["test/neg_elbo"] == pytest.approx(run.data.metrics["test/neg_elbo"])
-        training = default_run / "data/06_models" / name / "training"
+        training = default_run / "data/06_models/mnist" / name / "training"
         assert len(list(training.glob("*/epoch_*.pt"))) == 2  # one configuration, 2 epochs
         assert ("steering.png" in artifacts) == (name == "spatial_gate")
-    table = (default_run / "data" / "08_reporting" / "test_metrics.csv").read_text()
+    table = (default_run / "data" / "08_reporting" / "mnist" / "test_metrics.csv").read_text()
     assert table.splitlines()[0].startswith("variant,neg_elbo")
 
 
@@ -201,7 +204,7 @@ def test_registered_champion_loads_in_a_fresh_process_without_project_code(
 def test_train_pipeline_runs_on_its_own(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = default_run / "data" / "06_models" / "none" / "model.pt"
+    checkpoint = default_run / "data" / "06_models" / "mnist" / "none" / "model.pt"
     before = checkpoint.stat().st_mtime_ns
     _run(
         default_run,
@@ -232,10 +235,11 @@ def test_each_pipeline_works_from_raw_data_or_names_the_command_to_run_first(
     )
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
+    models = project / "data/06_models/mnist"
     assert out.stderr.strip().splitlines()[-1] == (
-        f"Error: none.checkpoint ({project / 'data/06_models/none/model.pt'}) does not exist: "
-        "run `kedro run --pipelines train` first; spatial_gate.checkpoint "
-        f"({project / 'data/06_models/spatial_gate/model.pt'}) does not exist: run "
+        f"Error: none.checkpoint ({models / 'none/model.pt'}) does not exist: run `kedro run "
+        "--pipelines train` first; spatial_gate.checkpoint "
+        f"({models / 'spatial_gate/model.pt'}) does not exist: run "
         "`kedro run --pipelines train` first"
     )
     assert not (project / "data/05_model_input").exists() or not list(
@@ -243,9 +247,64 @@ def test_each_pipeline_works_from_raw_data_or_names_the_command_to_run_first(
     )  # stopped before any node
     _run(project, uri, monkeypatch, TINY_RUN, pipeline="train")
     assert (project / "data/05_model_input/mnist_train.pt").is_file()
-    assert (project / "data/06_models/none/model.pt").is_file()
+    assert (project / "data/06_models/mnist/none/model.pt").is_file()
     _run(project, uri, monkeypatch, TINY_RUN, pipeline="evaluate")
-    assert (project / "data/08_reporting/none/test_metrics.json").is_file()
+    assert (project / "data/08_reporting/mnist/none/test_metrics.json").is_file()
+
+
+def test_two_data_sets_in_one_folder_keep_their_models_and_figures_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MNIST, then Fashion-MNIST, then MNIST's evaluation again, in one project folder: each
+    data set's models, reports and MLflow figures are those of a run of it alone."""
+    one_variant = {**TINY_RUN, "variants": ["none"]}
+    shared = _fresh_project(tmp_path / "shared")
+    write_raw_dataset(shared / "data/01_raw/fashion_mnist", n_train=200, n_test=50)
+    alone = _fresh_project(tmp_path / "alone")
+    shutil.rmtree(alone / "data/01_raw/mnist")
+    write_raw_dataset(alone / "data/01_raw/fashion_mnist", n_train=200, n_test=50)
+    uri = f"sqlite:///{shared / 'mlruns' / 'mlflow.db'}"
+    _run(shared, uri, monkeypatch, one_variant)
+    _run(shared, uri, monkeypatch, one_variant, env="fashion_mnist")
+    _run(shared, uri, monkeypatch, one_variant, pipeline="evaluate")
+    _run(
+        alone,
+        f"sqlite:///{alone / 'mlruns' / 'mlflow.db'}",
+        monkeypatch,
+        one_variant,
+        env="fashion_mnist",
+    )
+
+    def figures(root: Path, dataset: str) -> dict:
+        return json.loads(
+            (root / f"data/08_reporting/{dataset}/none/test_metrics.json").read_text()
+        )
+
+    mnist = figures(shared, "mnist")
+    assert figures(shared, "fashion_mnist") == figures(alone, "fashion_mnist") != mnist
+    client = mlflow.MlflowClient(uri)
+    for dataset in ("mnist", "fashion_mnist"):
+        experiment = client.get_experiment_by_name(f"attn_pipeline_{dataset}")
+        runs = client.search_runs([experiment.experiment_id], "tags.entry = 'none'")
+        logged = {
+            r.data.metrics["test/neg_elbo"] for r in runs if "test/neg_elbo" in r.data.metrics
+        }
+        assert logged == {figures(shared, dataset)["test/neg_elbo"]}, dataset
+    # the MNIST evaluation after the Fashion run scored MNIST's own model
+    mnist_runs = client.search_runs(
+        [client.get_experiment_by_name("attn_pipeline_mnist").experiment_id],
+        "attributes.run_name = 'evaluate'",
+    )
+    assert len(mnist_runs) == 1
+
+
+def test_a_model_is_never_read_as_another_data_sets() -> None:
+    checkpoint = {"data": {"dataset": "fashion_mnist", "train_images": "abc123"}}
+    with pytest.raises(
+        ValueError, match=r"trained on fashion_mnist \(training images abc123\).*data set is mnist"
+    ):
+        check_trained_on(checkpoint, {"dataset": "mnist"})
+    check_trained_on(checkpoint, {"dataset": "fashion_mnist"})
 
 
 def test_a_missing_raw_file_names_the_fetch_command(
@@ -273,7 +332,7 @@ def _fresh_project(root: Path) -> Path:
 def test_bad_config_stops_the_run_before_any_node(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = default_run / "data" / "06_models" / "spatial_gate" / "model.pt"
+    checkpoint = default_run / "data" / "06_models" / "mnist" / "spatial_gate" / "model.pt"
     before = checkpoint.read_bytes()
     with pytest.raises(Exception, match="(?s)spatial_gate.model.*Input should be 'none', 'latent'"):
         _run(
@@ -357,19 +416,19 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
         "comparison.png",
         "runs.csv",
     } <= parent_artifacts
-    table = pd.read_csv(default_run / "data/08_reporting/study/comparison.csv")
+    table = pd.read_csv(default_run / "data/08_reporting/mnist/study/comparison.csv")
     assert list(table["entry"]) == ["none", "spatial_gate"]
     assert {r.data.tags["entry"] for r in children} == {"none", "spatial_gate"}
     assert table["steer_suppression_ink_share_mean"].isna().tolist() == [True, False]
     assert list(table["seeds"]) == [2, 2]
-    differences = pd.read_csv(default_run / "data/08_reporting/study/differences.csv")
+    differences = pd.read_csv(default_run / "data/08_reporting/mnist/study/differences.csv")
     assert list(differences["baseline"].unique()) == ["none"]
     assert list(differences["entry"].unique()) == ["spatial_gate"]
-    markdown = (default_run / "data/08_reporting/study/comparison.md").read_text()
+    markdown = (default_run / "data/08_reporting/mnist/study/comparison.md").read_text()
     assert "| spatial_gate | 2 |" in markdown
     assert markdown.count("| spatial_gate | 2 |") == 3  # the steering table has its row
     assert markdown.count("| none | 2 |") == 2  # ... and none has no steering row
-    reports = default_run / "data" / "08_reporting"
+    reports = default_run / "data" / "08_reporting" / "mnist"
     assert (reports / "study.spatial_gate_seed0" / "steering.png").is_file()
     assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
     assert not (reports / "study.none_seed1" / "steering.png").exists()
@@ -382,15 +441,18 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     data = default_run / "data"
     saved = {
         path: path.stat().st_mtime_ns
-        for pattern in ("06_models/study.*/training/*/*.pt", "07_model_output/study.*/*/*")
+        for pattern in (
+            "06_models/mnist/study.*/training/*/*.pt",
+            "07_model_output/mnist/study.*/*/*",
+        )
         for path in data.glob(pattern)
     }
     assert len([p for p in saved if p.name == "resume.pt"]) == 4
     assert len([p for p in saved if p.suffix == ".json"]) == 4
-    before = (default_run / "data/08_reporting/study/comparison.csv").read_text()
+    before = (default_run / "data/08_reporting/mnist/study/comparison.csv").read_text()
     _run_study(default_run, tracking_uri, monkeypatch)
     assert {path: path.stat().st_mtime_ns for path in saved} == saved
-    after = (default_run / "data/08_reporting/study/comparison.csv").read_text()
+    after = (default_run / "data/08_reporting/mnist/study/comparison.csv").read_text()
     assert after == before
 
 
@@ -415,7 +477,7 @@ def test_an_environment_that_reshapes_the_pipelines_is_honoured(
     env = default_run / "conf" / "one_variant"
     env.mkdir()
     (env / "parameters.yml").write_text("variants: [none]\n")
-    untouched = default_run / "data" / "06_models" / "spatial_gate" / "model.pt"
+    untouched = default_run / "data" / "06_models" / "mnist" / "spatial_gate" / "model.pt"
     before = untouched.read_bytes()
     _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "train", env="one_variant")
     assert untouched.read_bytes() == before  # spatial_gate is not in this run
@@ -438,7 +500,7 @@ def test_a_diverging_run_fails_with_a_clear_error_and_logs_no_nan(
     default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved = [
-        default_run / "data" / folder / variant / name
+        default_run / "data" / folder / "mnist" / variant / name
         for variant in ("none", "spatial_gate")
         for folder, name in (("08_reporting", "test_metrics.json"), ("06_models", "model.pt"))
     ]
@@ -499,7 +561,7 @@ def test_a_misspelt_top_level_key_in_an_environment_file_is_refused_naming_the_f
         "variants: [mine]\nmine:\n  model: {variant: none, latent_dim: 4}\n"
     )
     _run(project, tracking_uri, monkeypatch, TINY_RUN, "train", env="own_entry")
-    assert (project / "data/06_models/mine/model.pt").is_file()
+    assert (project / "data/06_models/mnist/mine/model.pt").is_file()
 
 
 @pytest.mark.parametrize(
@@ -542,7 +604,12 @@ def test_a_run_started_again_keeps_its_registered_versions(
     client = mlflow.MlflowClient(tracking_uri)
     name = "attn_pipeline.mnist.spatial_gate"
     before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    extractor = default_run / "data/06_models/feature_extractor/mnist.pt"
+    extractor.chmod(0o444)  # a stored extractor is read, never written again unchanged
+    stamp = extractor.stat().st_mtime_ns
     _run(default_run, tracking_uri, monkeypatch, TINY_RUN)
+    assert extractor.stat().st_mtime_ns == stamp
+    extractor.chmod(0o644)
     after = client.search_model_versions(f"name = '{name}'")
     assert {v.version for v in after} == before
     rerun = _variant_runs(tracking_uri)["spatial_gate"]  # the newest run of that name

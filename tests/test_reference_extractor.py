@@ -60,6 +60,7 @@ def test_the_shipped_extractor_scores_the_documented_accuracy_on_the_real_test_s
         IDXDataset(filepath=str(folder / "t10k-images-idx3-ubyte.gz")).load(),
         IDXDataset(filepath=str(folder / "t10k-labels-idx1-ubyte.gz")).load(),
         DataPrepConfig(),
+        dataset,
     )
     model = load_feature_extractor(torch.load(SHIPPED / f"{dataset}.pt", weights_only=True))
     # another CPU's kernels may flip an image on the decision boundary: 0.1% at most

@@ -163,7 +163,7 @@ def _kedro_train(project: Path) -> subprocess.Popen:
 
 
 def _final_weights(project: Path) -> dict[str, torch.Tensor]:
-    path = project / "data" / "06_models" / "none" / "model.pt"
+    path = project / "data" / "06_models" / "mnist" / "none" / "model.pt"
     return torch.load(path, weights_only=True)["state_dict"]
 
 
@@ -185,7 +185,7 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
 
     project = _project(tmp_path / "killed")
     process = _kedro_train(project)
-    training = project / "data" / "06_models" / "none" / "training"
+    training = project / "data" / "06_models" / "mnist" / "none" / "training"
     deadline = time.time() + 300
     while not _epoch_3_complete(training):  # then epoch 4 is under way
         assert process.poll() is None, process.communicate()[0][-3000:]
@@ -194,7 +194,7 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not list(training.glob("*/epoch_006.pt"))  # killed before the end
-    assert not (project / "data" / "06_models" / "none" / "model.pt").exists()
+    assert not (project / "data" / "06_models" / "mnist" / "none" / "model.pt").exists()
 
     rerun = _kedro_train(project)
     output = rerun.communicate(timeout=600)[0]

@@ -133,6 +133,18 @@ def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 4 and len(children) == 8  # none and spatial_gate under each
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # the four trained the same weights (same data, seed and CPU): one version each model,
+    # named on every run, however the registrations interleaved
+    for entry in ("none", "spatial_gate"):
+        versions = client.search_model_versions(f"name = 'attn_pipeline.mnist.{entry}'")
+        assert len({v.tags["weights_hash"] for v in versions}) == 1
+        assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
+        named = {
+            r.data.tags["attn_pipeline.registered_model"]
+            for r in children
+            if r.data.tags["entry"] == entry
+        }
+        assert named == {f"attn_pipeline.mnist.{entry}/{versions[0].version}"}
     after = client.create_run(parents[0].info.experiment_id)
     client.log_metric(after.info.run_id, "store_still_usable", 1.0)
     assert client.get_run(after.info.run_id).data.metrics["store_still_usable"] == 1.0

@@ -62,19 +62,22 @@ def test_runs_of_different_namespaces_go_side_by_side(tmp_path: Path) -> None:
     """A study cell run writes its namespace and only reads the shared outputs: two cells
     at once are allowed; the same cell twice, or a run writing the shared outputs (the
     data split, the extractor) beside a cell, is refused."""
-    cell = output_groups({"study.none_seed0"})
-    assert cell == {"study.none_seed0": True, "shared": False}
-    assert output_groups({None, "none"}) == {"none": True, "shared": True}
+    cell = output_groups({"study.none_seed0"}, "mnist")
+    assert cell == {"mnist.study.none_seed0": True, "mnist.shared": False}
+    assert output_groups({None, "none"}, "mnist") == {"mnist.none": True, "mnist.shared": True}
     first, second, third = (ProjectRunLock(tmp_path) for _ in range(3))
     first.acquire(cell)
-    second.acquire(output_groups({"study.none_seed1"}))
-    with pytest.raises(ProjectBusyError, match="'study.none_seed0' outputs"):
+    second.acquire(output_groups({"study.none_seed1"}, "mnist"))
+    with pytest.raises(ProjectBusyError, match="'mnist.study.none_seed0' outputs"):
         third.acquire(cell)
-    with pytest.raises(ProjectBusyError, match="'shared' outputs"):
-        third.acquire(output_groups({None}))
+    with pytest.raises(ProjectBusyError, match="'mnist.shared' outputs"):
+        third.acquire(output_groups({None}, "mnist"))
+    # the same cell and the shared outputs of the other data set are its own
+    third.acquire(output_groups({None, "study.none_seed0"}, "fashion_mnist"))
+    third.release()
     first.release()
     second.release()
-    third.acquire(output_groups({None, "study.none_seed0"}))  # free again
+    third.acquire(output_groups({None, "study.none_seed0"}, "mnist"))  # free again
     third.release()
 
 
@@ -160,18 +163,19 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
     project = _tiny_project(tmp_path)
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     holder = ProjectRunLock(project)
-    holder.acquire({"study.spatial_gate_seed0": True})
+    holder.acquire({"mnist.study.spatial_gate_seed0": True})
     try:
         out = _attn_study(project, uri)
     finally:
         holder.release()
     assert out.returncode == 1, out.stderr[-3000:]
     assert "1 cell(s) failed: study.spatial_gate_seed0" in out.stderr
-    logs = project / "data/08_reporting/study/logs"
+    logs = project / "data/08_reporting/mnist/study/logs"
     assert (
-        "'study.spatial_gate_seed0' outputs" in (logs / "study.spatial_gate_seed0.log").read_text()
+        "'mnist.study.spatial_gate_seed0' outputs"
+        in (logs / "study.spatial_gate_seed0.log").read_text()
     )
-    assert not (project / "data/08_reporting/study/comparison.csv").exists()
+    assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
     (failed,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
@@ -187,7 +191,7 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
         " kedro run --pipelines compare --namespaces study.none_seed0\n" in s for s in sittings
     )
     assert "epoch 1/1" in sittings[0] and "resuming after epoch 1 of 1" in sittings[1]
-    assert (project / "data/08_reporting/study/comparison.csv").is_file()
+    assert (project / "data/08_reporting/mnist/study/comparison.csv").is_file()
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
 
@@ -199,7 +203,15 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     project = _tiny_project(tmp_path)
     parameters = project / "conf" / "local" / "parameters.yml"
     parameters.write_text(
-        yaml.safe_dump({**TINY_STUDY, "study": {**TINY_STUDY["study"], "workers": 1}})
+        # a cell long enough to be training whenever the signal lands (a cell that had
+        # finished would be FINISHED, rightly)
+        yaml.safe_dump(
+            {
+                **TINY_STUDY,
+                "train": {**TINY_STUDY["train"], "epochs": 500},
+                "study": {**TINY_STUDY["study"], "workers": 1},
+            }
+        )
     )
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     output = tmp_path / "attn-study.log"
@@ -210,7 +222,7 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
         stdout=subprocess.DEVNULL,
         stderr=output.open("w"),
     )
-    first = project / "data/08_reporting/study/logs/study.none_seed0.log"
+    first = project / "data/08_reporting/mnist/study/logs/study.none_seed0.log"
     deadline = time.monotonic() + 300
     while not (first.exists() and "MLflow run 'study.none_seed0'" in first.read_text()):
         assert study.poll() is None and time.monotonic() < deadline, "the cell never started"
@@ -231,6 +243,68 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
         os.kill(int(cell.data.tags["attn_pipeline.pid"]), 0)
     (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
     assert parent.info.status == "KILLED"
+
+
+def test_the_study_run_is_finished_only_with_its_comparison_and_killed_with_its_process(
+    tmp_path: Path,
+) -> None:
+    """`attn-study` SIGKILLed while a cell trains: the cell, orphaned, finishes, and the
+    study's run `compare` stays RUNNING (each step used to end it FINISHED), never FINISHED
+    without a comparison; the next run against the store marks it KILLED."""
+    project = _tiny_project(tmp_path)
+    parameters = project / "conf" / "local" / "parameters.yml"
+    parameters.write_text(
+        # a cell still training when the study is killed, which then ends by itself
+        yaml.safe_dump(
+            {
+                **TINY_STUDY,
+                "train": {**TINY_STUDY["train"], "epochs": 30},
+                "study": {**TINY_STUDY["study"], "workers": 1},
+            }
+        )
+    )
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    study = subprocess.Popen(
+        [str(Path(sys.executable).with_name("attn-study"))],
+        cwd=project,
+        env={**ENV, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = project / "data/08_reporting/mnist/study/logs/study.none_seed0.log"
+    deadline = time.monotonic() + 300
+    while not (first.exists() and "MLflow run 'study.none_seed0'" in first.read_text()):
+        assert study.poll() is None and time.monotonic() < deadline, "the cell never started"
+        time.sleep(0.2)
+    study.kill()
+    study.wait(timeout=60)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    (cell,) = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name = 'study.none_seed0'"
+    )
+    orphan = int(cell.data.tags["attn_pipeline.pid"])
+    while True:  # the orphaned cell runs to its end
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline + 300, "the orphaned cell never ended"
+        time.sleep(0.5)
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'compare'")
+    assert parent.info.status == "RUNNING"
+    assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
+    quick = subprocess.run(
+        [str(Path(sys.executable).with_name("kedro")), "run", "--pipelines", "data_prep"],
+        cwd=project,
+        env={**ENV, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert quick.returncode == 0, quick.stderr[-3000:]
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
 
 
 def test_a_study_of_concurrent_cells_against_a_tracking_server(
@@ -261,9 +335,9 @@ def test_a_study_of_concurrent_cells_against_a_tracking_server(
     # the comparison read both cells and went to the study's run on the server
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"comparison.csv", "differences.csv", "comparison.md", "runs.csv"} <= artifacts
-    table = pd.read_csv(project / "data/08_reporting/study/comparison.csv")
+    table = pd.read_csv(project / "data/08_reporting/mnist/study/comparison.csv")
     assert list(table["entry"]) == ["none", "spatial_gate"]
-    logs = project / "data/08_reporting/study/logs"
+    logs = project / "data/08_reporting/mnist/study/logs"
     assert sorted(p.name for p in logs.iterdir()) == [
         "study.none_seed0.log",
         "study.spatial_gate_seed0.log",

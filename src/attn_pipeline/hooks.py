@@ -179,7 +179,9 @@ class RunPlanCheckHook:
             logger.error("run stopped before any node ran")
             raise
         if self._lock is not None:  # last: a refused run holds nothing
-            self._lock.acquire(output_groups({node.namespace for node in pipeline.nodes}))
+            namespaces = {node.namespace for node in pipeline.nodes}
+            dataset = str(self._params.get("dataset", ""))
+            self._lock.acquire(output_groups(namespaces, dataset))
 
     @hook_impl
     def after_pipeline_run(self) -> None:

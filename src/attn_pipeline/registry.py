@@ -47,10 +47,24 @@ def describe_model(dataset: str, entry: str, variant: str) -> str:
 
 
 def register(model_uri: str, name: str, tags: dict[str, str], description: str) -> ModelVersion:
-    """A new version of ``name`` for the logged model ``model_uri`` (linked to its run); the
-    registered model carries ``description``."""
+    """A version of ``name`` for the logged model ``model_uri`` (linked to its run), one per
+    weights (``tags[WEIGHTS_TAG]``) however many runs register them at once; the registered
+    model carries ``description``.
+
+    The store has no "register if absent": runs that finish together may all find no
+    version with their weights and register one each. So each registers, then looks again,
+    and all keep the oldest version of those weights, the newer ones deleting their own:
+    versions are numbered in the order they are made, so every run picks the same one."""
     version = mlflow.register_model(model_uri, name, tags=tags)
-    mlflow.MlflowClient().update_registered_model(name, description=description)
+    client = mlflow.MlflowClient()
+    client.update_registered_model(name, description=description)
+    oldest = version_with_weights(name, tags[WEIGHTS_TAG])
+    if oldest is not None and oldest.version != version.version:
+        client.delete_model_version(name, version.version)
+        logger.info(
+            "%s: version %s has these weights already (registered at once)", name, oldest.version
+        )
+        return oldest
     logger.info("registered %s version %s", name, version.version)
     return version
 

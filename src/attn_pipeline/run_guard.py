@@ -67,13 +67,15 @@ def prepare_tracking_store(tracking_uri: str, project_path: Path) -> None:
 SHARED_GROUP = "shared"
 
 
-def output_groups(namespaces: set[str | None]) -> dict[str, bool]:
-    """The output groups a run of nodes in ``namespaces`` holds, each exclusively (True) or
-    shared (False): its namespaces exclusively, since it writes their files; the shared
-    group exclusively when it runs a node outside every namespace, else shared, since its
-    namespaced nodes read the shared outputs (a study cell run with --namespaces)."""
-    groups: dict[str, bool] = {name: True for name in namespaces if name}
-    groups[SHARED_GROUP] = None in namespaces
+def output_groups(namespaces: set[str | None], dataset: str) -> dict[str, bool]:
+    """The output groups a run of nodes in ``namespaces`` on ``dataset`` holds, each
+    exclusively (True) or shared (False): its namespaces exclusively, since it writes their
+    files; the shared group exclusively when it runs a node outside every namespace, else
+    shared, since its namespaced nodes read the shared outputs (a study cell run with
+    --namespaces). Every group is the data set's own (``mnist.none``, ``mnist.shared``), as
+    its folders are: runs on two data sets never hold each other's."""
+    groups: dict[str, bool] = {f"{dataset}.{name}": True for name in namespaces if name}
+    groups[f"{dataset}.{SHARED_GROUP}"] = None in namespaces
     return groups
 
 

@@ -40,6 +40,7 @@ from kedro.framework.startup import bootstrap_project
 
 from attn_pipeline.config import StudyConfig, TrainConfig
 from attn_pipeline.pipelines.compare.pipeline import cell_namespace
+from attn_pipeline.tracking import PARENT_STAYS_RUNNING, owner_tags
 
 logger = logging.getLogger("attn_pipeline.study")
 
@@ -135,7 +136,8 @@ def _create_parent_run(context) -> str:
         if experiment is not None
         else client.create_experiment(config.tracking.experiment.name)
     )
-    run = client.create_run(experiment_id, run_name=PARENT_RUN_NAME)
+    # owned by this process: if it dies, the next run against the store marks it KILLED
+    run = client.create_run(experiment_id, run_name=PARENT_RUN_NAME, tags=owner_tags())
     return run.info.run_id
 
 
@@ -156,6 +158,7 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         # checked before anything runs: a bad value stops the study with pydantic's message
         study = StudyConfig.model_validate({**params.get("study", {}), **overrides})
         device = TrainConfig.model_validate(params.get("train", {})).device
+        dataset = str(params.get("dataset", ""))
         parent = _create_parent_run(context)
     cells = study_cells(study)
     gpus = _gpus(device)
@@ -167,10 +170,13 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         "MKL_NUM_THREADS": str(threads),
     }
 
-    def step(args: list[str], log: Path | None = None) -> int | None:
-        return _kedro(base + args, {**child_env, "MLFLOW_RUN_ID": parent}, log)
+    def step(args: list[str], log: Path | None = None, last: bool = False) -> int | None:
+        """A `kedro run` of the study's parent run; every step but the last leaves it
+        RUNNING (FINISHED only once the comparison is written)."""
+        stays = {} if last else {PARENT_STAYS_RUNNING: "1"}
+        return _kedro(base + args, {**child_env, "MLFLOW_RUN_ID": parent, **stays}, log)
 
-    logs = project / "data" / "08_reporting" / "study" / "logs"
+    logs = project / "data" / "08_reporting" / dataset / "study" / "logs"
     logger.info(
         "study: %d cells, %d at a time with %d thread(s) each; MLflow run %s",
         len(cells),
@@ -226,7 +232,7 @@ def run_study(project: Path, env: str | None = None, workers: int | str | None =
         )
         client.set_terminated(parent, "FAILED")
         return 1
-    code = step(["--nodes", "compare_variants"])
+    code = step(["--nodes", "compare_variants"], last=True)
     if _STOPPING.is_set():
         return _stopped(client, parent)
     logger.info("study: finished in %.1f min", (time.monotonic() - started) / 60)

@@ -23,6 +23,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ def log_sampler_model(sampler: torch.nn.Module) -> ModelInfo:
             os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = previous
 
 
-def _owner_tags() -> dict[str, str]:
+def owner_tags() -> dict[str, str]:
+    """The tags that name the process owning a run (see :func:`mark_orphaned_runs_killed`)."""
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
@@ -119,6 +121,11 @@ def _process_alive(pid: int) -> bool:
         return True  # someone else's process: alive
     return True
 
+
+#: Set by a driver that runs one parent run in several `kedro run` steps (attn-study): the
+#: step leaves the parent RUNNING when it ends (kedro-mlflow ends it), since the parent is
+#: finished only once the driver's last step is; the driver ends it.
+PARENT_STAYS_RUNNING = "ATTN_PIPELINE_PARENT_STAYS_RUNNING"
 
 #: The name Kedro gives the pipeline `kedro run` runs without --pipelines.
 DEFAULT_PIPELINE = "__default__"
@@ -217,7 +224,8 @@ class VariantRunsHook:
         self._registry = RegistryConfig()
         self._activated: set[str] = set()  # nodes whose run this hook opened
         self._previous_handlers: dict[int, Any] = {}
-        self._interrupted = False
+        self._interrupted = 0  # the signal that stopped the run, if one did
+        self._driven_parent: str | None = None  # a driver's parent run, left RUNNING
         # before MLflow's own exit handler (registered at its import), which would end the
         # runs an interrupt left open as FINISHED
         atexit.register(self._end_runs_if_interrupted)
@@ -248,7 +256,7 @@ class VariantRunsHook:
         tags = {
             "namespace": namespace,
             "dataset": str(self._params.get("dataset", "")),
-            **_owner_tags(),
+            **owner_tags(),
         }
         commit = _git_commit(self._project_path)
         if commit:
@@ -270,11 +278,15 @@ class VariantRunsHook:
         parent = mlflow.active_run()
         if parent is None:
             return  # tracking off for this pipeline
-        tags = _owner_tags()
+        # a step of a driver's run (attn-study) leaves its name and owner tags: the driver
+        # owns it, and ends it
+        driven = bool(os.environ.get(PARENT_STAYS_RUNNING))
+        self._driven_parent = parent.info.run_id if driven else None
+        tags = {} if driven else owner_tags()
         tags["runner"] = runner_name(str(run_params.get("runner")))
         name = parent_run_name(run_params)
-        if parent.info.run_name != name and not os.environ.get("MLFLOW_RUN_ID"):
-            tags["mlflow.runName"] = name  # a resumed run (attn-study's `compare`) keeps its own
+        if parent.info.run_name != name and not driven:
+            tags["mlflow.runName"] = name
         mlflow.set_tags(tags)
         client = mlflow.MlflowClient()
         experiment = client.get_experiment(parent.info.experiment_id)
@@ -295,28 +307,47 @@ class VariantRunsHook:
         def interrupted(signum: int, frame: Any) -> None:
             logger.error("%s: the open MLflow runs end as KILLED", signal.strsignal(signum))
             self._activated.clear()
-            self._interrupted = True
+            self._interrupted = signum
             raise KeyboardInterrupt
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[signum] = signal.signal(signum, interrupted)
 
     def _end_runs_if_interrupted(self) -> None:
-        if self._interrupted:
-            end_open_runs("KILLED")
+        """At exit after an interrupt: end the open runs KILLED, then exit as a shell reports
+        a process the signal ended, 128 + its number (130 for Ctrl-C, 143 for SIGTERM), so
+        that a scheduler tells an interrupt from a failure (click exits 1 on an interrupt).
+        Python runs exit handlers last-registered first: this one, registered after
+        MLflow's, runs before it, and it ends the process, so MLflow's cannot mark them
+        FINISHED."""
+        if not self._interrupted:
+            return
+        end_open_runs("KILLED")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + self._interrupted)
 
     def _restore_signal_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers.clear()
 
-    @hook_impl
+    # trylast: after kedro-mlflow's, which ends the parent run
+    @hook_impl(trylast=True)
     def after_pipeline_run(self) -> None:
         self._restore_signal_handlers()
+        self._keep_parent_running()
 
-    @hook_impl
+    @hook_impl(trylast=True)
     def on_pipeline_error(self) -> None:
         self._restore_signal_handlers()
+        self._keep_parent_running()
+
+    def _keep_parent_running(self) -> None:
+        if self._driven_parent is not None:
+            mlflow.MlflowClient().update_run(self._driven_parent, status="RUNNING")
+            self._driven_parent = None
 
     # trylast: kedro-mlflow re-activates its own run in before_node_run, which fails if a
     # nested run is already active, so this hook must come after it.
@@ -351,32 +382,42 @@ class VariantRunsHook:
                 f"catalog entry {dataset_name}: {METADATA_KEY} must be one of {_KINDS}"
             )
         namespace = node.namespace
-        with mlflow.start_run(run_id=self._runs[namespace], nested=True):
-            if kind == "artifact":
-                mlflow.log_artifact(str(dataset._filepath))  # noqa: SLF001
-            elif kind == "metrics":
-                mlflow.log_metrics({k: float(v) for k, v in data.items()})
-                self._tag_version(namespace, data)
-            elif kind == "params":
-                mlflow.log_params(flatten(data))
-                # The resolved config knows the variant and seed (a study overrides the seed);
-                # the entry is the name in `variants` / `study.variants` (the namespace in a
-                # default run), the variant its architecture.
-                tags = {
-                    "entry": data.get("entry", namespace),
-                    "variant": data.get("model", {}).get("variant", namespace),
-                    "seed": data.get("train", {}).get("seed", ""),
-                }
-                mlflow.set_tags(tags)
-                self._entries[namespace] = {key: str(value) for key, value in tags.items()}
-                self._register(namespace)
-            elif kind == "tags":
-                mlflow.set_tags({k: str(v) for k, v in data.items()})
-                self._tag_version(namespace, data)
-                self._update_champion(namespace)
-            else:
-                self._models[namespace] = (data, state_fingerprint(data.state_dict()))
-                self._register(namespace)
+        mlflow.start_run(run_id=self._runs[namespace], nested=True)
+        try:
+            self._log(namespace, kind, dataset, data)
+        except BaseException:
+            # not `with start_run()`, which ends the run FAILED on Ctrl-C as on an error
+            mlflow.end_run("KILLED" if self._interrupted else "FAILED")
+            raise
+        mlflow.end_run()
+
+    def _log(self, namespace: str, kind: str, dataset: Any, data: Any) -> None:
+        """Log ``data`` (saved to ``dataset``) as ``kind`` to the namespace's run (active)."""
+        if kind == "artifact":
+            mlflow.log_artifact(str(dataset._filepath))  # noqa: SLF001
+        elif kind == "metrics":
+            mlflow.log_metrics({k: float(v) for k, v in data.items()})
+            self._tag_version(namespace, data)
+        elif kind == "params":
+            mlflow.log_params(flatten(data))
+            # The resolved config knows the variant and seed (a study overrides the seed);
+            # the entry is the name in `variants` / `study.variants` (the namespace in a
+            # default run), the variant its architecture.
+            tags = {
+                "entry": data.get("entry", namespace),
+                "variant": data.get("model", {}).get("variant", namespace),
+                "seed": data.get("train", {}).get("seed", ""),
+            }
+            mlflow.set_tags(tags)
+            self._entries[namespace] = {key: str(value) for key, value in tags.items()}
+            self._register(namespace)
+        elif kind == "tags":
+            mlflow.set_tags({k: str(v) for k, v in data.items()})
+            self._tag_version(namespace, data)
+            self._update_champion(namespace)
+        else:
+            self._models[namespace] = (data, state_fingerprint(data.state_dict()))
+            self._register(namespace)
 
     def _register(self, namespace: str) -> None:
         """Log the namespace's generator and register it once both it and its entry are known

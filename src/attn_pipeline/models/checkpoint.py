@@ -14,6 +14,9 @@ from attn_pipeline.config import ModelConfig
 
 from .vae import VAE, build_vae
 
+#: The key naming a split's data set (in a split, and in a checkpoint's ``data``).
+DATASET = "dataset"
+
 
 def make_checkpoint(
     model_config: ModelConfig, state_dict: dict[str, torch.Tensor], **meta: Any
@@ -22,8 +25,29 @@ def make_checkpoint(
     return {"model_config": model_config.model_dump(mode="json"), "state_dict": state_dict, **meta}
 
 
-def load_checkpoint(checkpoint: dict[str, Any]) -> tuple[VAE, ModelConfig]:
-    """Rebuild the model a checkpoint describes, in eval mode on the CPU."""
+def check_trained_on(checkpoint: dict[str, Any], split: dict[str, Any]) -> None:
+    """Refuse a model trained on another data set than ``split``'s (a data split as
+    data_prep makes it, which names its data set): its figures would be reported as that
+    data set's. A checkpoint records its data set and training images' hash under
+    ``data``."""
+    trained_on = (checkpoint.get("data") or {}).get(DATASET)
+    wanted = split.get(DATASET)
+    if trained_on is not None and wanted is not None and trained_on != wanted:
+        raise ValueError(
+            f"this model was trained on {trained_on} (training images "
+            f"{checkpoint['data'].get('train_images')}), but the run's data set is {wanted}: "
+            f"train it on {wanted} first (`kedro run --pipelines train`, with the {wanted} "
+            "environment), or run with the data set it was trained on"
+        )
+
+
+def load_checkpoint(
+    checkpoint: dict[str, Any], for_split: dict[str, Any] | None = None
+) -> tuple[VAE, ModelConfig]:
+    """Rebuild the model a checkpoint describes, in eval mode on the CPU; with ``for_split``,
+    only if it was trained on that split's data set (:func:`check_trained_on`)."""
+    if for_split is not None:
+        check_trained_on(checkpoint, for_split)
     config = ModelConfig.model_validate(checkpoint["model_config"])
     model = build_vae(config)
     model.load_state_dict(checkpoint["state_dict"])

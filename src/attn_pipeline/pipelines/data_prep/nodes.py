@@ -9,12 +9,15 @@ import torch
 
 from attn_pipeline.binarization import FLAG as BINARIZED
 from attn_pipeline.config import DataPrepConfig
+from attn_pipeline.models.checkpoint import DATASET
 
 logger = logging.getLogger(__name__)
 
-#: A split as saved to ``data/05_model_input``: float images (N, 1, H, W), int64 labels (N,)
-#: and the flag ``binarized`` (a bool tensor, see :mod:`attn_pipeline.binarization`).
-TensorSplit = dict[str, torch.Tensor]
+#: A split as saved to ``data/05_model_input``: float images (N, 1, H, W), int64 labels (N,),
+#: the flag ``binarized`` (a bool tensor, see :mod:`attn_pipeline.binarization`) and the
+#: name of its data set under ``dataset`` (a trained model records it, see
+#: :func:`attn_pipeline.models.checkpoint.check_trained_on`).
+TensorSplit = dict[str, torch.Tensor | str]
 
 
 class RawDataError(ValueError):
@@ -46,12 +49,12 @@ def _take(split: TensorSplit, index: torch.Tensor) -> TensorSplit:
     return {key: value[index].clone() for key, value in split.items()}
 
 
-def _flagged(split: TensorSplit, config: DataPrepConfig) -> TensorSplit:
-    return {**split, BINARIZED: torch.tensor(config.binarize)}
+def _flagged(split: TensorSplit, config: DataPrepConfig, dataset: str) -> TensorSplit:
+    return {**split, BINARIZED: torch.tensor(config.binarize), DATASET: dataset}
 
 
 def split_training_file(
-    images: np.ndarray, labels: np.ndarray, config: DataPrepConfig
+    images: np.ndarray, labels: np.ndarray, config: DataPrepConfig, dataset: str
 ) -> tuple[TensorSplit, TensorSplit]:
     """Scale the training file to [0, 1] and split it, seeded, into train and validation.
 
@@ -64,14 +67,19 @@ def split_training_file(
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     val_index, train_index = order[:n_val], order[n_val : n_val + n_train]
     logger.info("split %d images: %d train, %d validation", n_train + n_val, n_train, n_val)
-    return _flagged(_take(full, train_index), config), _flagged(_take(full, val_index), config)
+    return (
+        _flagged(_take(full, train_index), config, dataset),
+        _flagged(_take(full, val_index), config, dataset),
+    )
 
 
-def prepare_test_set(images: np.ndarray, labels: np.ndarray, config: DataPrepConfig) -> TensorSplit:
+def prepare_test_set(
+    images: np.ndarray, labels: np.ndarray, config: DataPrepConfig, dataset: str
+) -> TensorSplit:
     """Scale the test file to [0, 1]; with ``test_subset_size``, keep a seeded random subset."""
     full = _to_split(images, labels, "test")
     n = len(full["labels"])
     if config.test_subset_size is None or config.test_subset_size >= n:
-        return _flagged(full, config)
+        return _flagged(full, config, dataset)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-    return _flagged(_take(full, index[: config.test_subset_size]), config)
+    return _flagged(_take(full, index[: config.test_subset_size]), config, dataset)

@@ -28,6 +28,7 @@ from attn_pipeline.metrics import (
     steering_metrics,
 )
 from attn_pipeline.models import load_checkpoint
+from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.pipelines.feature_extractor.nodes import load_feature_extractor
 from attn_pipeline.training import resolve_device
 
@@ -94,6 +95,7 @@ def evaluate_model(
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
+    check_trained_on(checkpoint, test_set)  # before the cache: no figures of another data set
     description = evaluation_description(checkpoint, test_set, feature_extractor, config)
     stored = evaluation_cache.get(description)
     if stored is not None:

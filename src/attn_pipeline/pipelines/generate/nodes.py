@@ -36,7 +36,7 @@ def render_images(
         ``interpolations``: one row per pair of test images, decoding evenly spaced points
         on the line between their posterior means.
     """
-    model, model_config = load_checkpoint(checkpoint)
+    model, model_config = load_checkpoint(checkpoint, for_split=test_set)
     noise = torch.Generator().manual_seed(config.seed)
     z = torch.randn(config.n_samples, model_config.latent_dim, generator=noise)
     samples = torch.sigmoid(model.decode(z).logits)
@@ -87,7 +87,7 @@ def plot_attention_maps(
     Maps over positions ``(1, h, w)`` are drawn as heat maps over the input image; vectors
     (the ``latent`` variant's map over latent dimensions, CBAM's channel gate) as strips.
     """
-    model, model_config = load_checkpoint(checkpoint)
+    model, model_config = load_checkpoint(checkpoint, for_split=test_set)
     noise = torch.Generator().manual_seed(config.seed)
     images = test_set["images"]
     x = images[torch.randperm(len(images), generator=noise)[: config.n_attention_examples]]
@@ -170,7 +170,7 @@ def render_steering(
     its image and the map the generator decoded it with. The donors of the transplanted
     maps are test images, shown above the grid.
     """
-    model, model_config = load_checkpoint(checkpoint)
+    model, model_config = load_checkpoint(checkpoint, for_split=test_set)
     noise = torch.Generator().manual_seed(config.seed)
     z = torch.randn(config.n_steered, model_config.latent_dim, generator=noise)
     images = test_set["images"]

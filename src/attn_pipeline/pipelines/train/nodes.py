@@ -14,6 +14,7 @@ from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.fingerprints import source_fingerprint, tensor_fingerprint
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
+from attn_pipeline.models.checkpoint import DATASET
 from attn_pipeline.tracking import log_epoch_metrics
 from attn_pipeline.training import TrainingState, fit
 
@@ -57,9 +58,8 @@ def train_model(
         ``z -> images`` module; and the resolved configuration of the run (MLflow's params).
     """
     train_config.check_fits(len(train_set["images"]))
-    checkpoints = checkpoint_folders.for_configuration(
-        training_description(model_config, train_config, train_set, val_set)
-    )
+    description = training_description(model_config, train_config, train_set, val_set)
+    checkpoints = checkpoint_folders.for_configuration(description)
     if not train_config.resume:
         checkpoints.clear()
     saved = checkpoints.latest()
@@ -80,7 +80,12 @@ def train_model(
     model = build_vae(model_config)
     model.init_output_bias(train_set["images"].mean(dim=0))
     n_parameters = count_parameters(model)
-    meta = {"n_parameters": n_parameters, "train_config": train_config.model_dump(mode="json")}
+    meta = {
+        "n_parameters": n_parameters,
+        "train_config": train_config.model_dump(mode="json"),
+        # what it was trained on: loading it for another data set is refused
+        "data": {DATASET: train_set.get(DATASET), "train_images": description["train_images"]},
+    }
 
     def save_epoch(state: TrainingState) -> None:
         epoch_checkpoint = make_checkpoint(model_config, state.model, epoch=state.epoch, **meta)
