@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -196,37 +197,46 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
 
 
-def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT) to `attn-study` while a cell trains: the cell's process is stopped
-    (its MLflow run KILLED, no process left behind), the queued cell never starts, the log
-    says which is which, and the study's own run ends KILLED."""
+def _study_with_a_training_cell(
+    tmp_path: Path, epochs: int, stderr: Any
+) -> tuple[Path, str, subprocess.Popen]:
+    """(project, tracking URI, the `attn-study` process), once its first cell of ``epochs``
+    epochs (one cell at a time) has opened its MLflow run and trains."""
     project = _tiny_project(tmp_path)
-    parameters = project / "conf" / "local" / "parameters.yml"
-    parameters.write_text(
-        # a cell long enough to be training whenever the signal lands (a cell that had
-        # finished would be FINISHED, rightly)
+    (project / "conf" / "local" / "parameters.yml").write_text(
         yaml.safe_dump(
             {
                 **TINY_STUDY,
-                "train": {**TINY_STUDY["train"], "epochs": 500},
+                "train": {**TINY_STUDY["train"], "epochs": epochs},
                 "study": {**TINY_STUDY["study"], "workers": 1},
             }
         )
     )
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
-    output = tmp_path / "attn-study.log"
     study = subprocess.Popen(
         [str(Path(sys.executable).with_name("attn-study"))],
         cwd=project,
         env={**ENV, "MLFLOW_TRACKING_URI": uri},
         stdout=subprocess.DEVNULL,
-        stderr=output.open("w"),
+        stderr=stderr,
     )
     first = project / "data/08_reporting/mnist/study/logs/study.none_seed0.log"
     deadline = time.monotonic() + 300
     while not (first.exists() and "MLflow run 'study.none_seed0'" in first.read_text()):
         assert study.poll() is None and time.monotonic() < deadline, "the cell never started"
         time.sleep(0.2)
+    return project, uri, study
+
+
+def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) to `attn-study` while a cell trains: the cell's process is stopped
+    (its MLflow run KILLED, no process left behind), the queued cell never starts, the log
+    says which is which, and the study's own run ends KILLED."""
+    output = tmp_path / "attn-study.log"
+    # a cell long enough to be training whenever the signal lands (a cell that had finished
+    # would be FINISHED, rightly)
+    project, uri, study = _study_with_a_training_cell(tmp_path, 500, output.open("w"))
+    first = project / "data/08_reporting/mnist/study/logs/study.none_seed0.log"
     study.send_signal(signal.SIGINT)
     assert study.wait(timeout=120) == 130
     assert not (first.parent / "study.spatial_gate_seed0.log").exists()
@@ -251,31 +261,9 @@ def test_the_study_run_is_finished_only_with_its_comparison_and_killed_with_its_
     """`attn-study` SIGKILLed while a cell trains: the cell, orphaned, finishes, and the
     study's run `compare` stays RUNNING (each step used to end it FINISHED), never FINISHED
     without a comparison; the next run against the store marks it KILLED."""
-    project = _tiny_project(tmp_path)
-    parameters = project / "conf" / "local" / "parameters.yml"
-    parameters.write_text(
-        # a cell still training when the study is killed, which then ends by itself
-        yaml.safe_dump(
-            {
-                **TINY_STUDY,
-                "train": {**TINY_STUDY["train"], "epochs": 30},
-                "study": {**TINY_STUDY["study"], "workers": 1},
-            }
-        )
-    )
-    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
-    study = subprocess.Popen(
-        [str(Path(sys.executable).with_name("attn-study"))],
-        cwd=project,
-        env={**ENV, "MLFLOW_TRACKING_URI": uri},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    first = project / "data/08_reporting/mnist/study/logs/study.none_seed0.log"
+    # a cell still training when the study is killed, which then ends by itself
+    project, uri, study = _study_with_a_training_cell(tmp_path, 30, subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (first.exists() and "MLflow run 'study.none_seed0'" in first.read_text()):
-        assert study.poll() is None and time.monotonic() < deadline, "the cell never started"
-        time.sleep(0.2)
     study.kill()
     study.wait(timeout=60)
     client = mlflow.MlflowClient(uri)
