@@ -298,6 +298,24 @@ def test_two_data_sets_in_one_folder_keep_their_models_and_figures_apart(
     assert len(mnist_runs) == 1
 
 
+def test_a_bf16_run_says_which_precision_it_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.precision: bf16`, a tiny run end to end: the variant's run carries the
+    precision it trained in (tag and params) and the reason, and its test figures."""
+    project = _fresh_project(tmp_path)
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    bf16 = {**TINY_RUN, "variants": ["none"], "train": {**TINY_RUN["train"], "precision": "bf16"}}
+    _run(project, uri, monkeypatch, bf16)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.entry = 'none'")
+    assert run.data.tags["precision"] == "bf16"
+    assert run.data.params["precision_used"] == "bf16" and run.data.params["precision_reason"]
+    assert run.data.params["train.precision"] == "bf16"
+    assert math.isfinite(run.data.metrics["test/nll_iw"])
+
+
 def test_a_model_is_never_read_as_another_data_sets() -> None:
     checkpoint = {"data": {"dataset": "fashion_mnist", "train_images": "abc123"}}
     with pytest.raises(

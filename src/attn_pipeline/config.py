@@ -12,6 +12,8 @@ from typing import Literal
 import click
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+#: Arithmetic of a training's forward pass (:mod:`attn_pipeline.precision`).
+Precision = Literal["auto", "fp32", "bf16"]
 #: Model variants a ``model.variant`` parameter may name.
 Variant = Literal["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
 Backbone = Literal["conv", "mlp"]
@@ -134,6 +136,11 @@ class TrainConfig(_Config):
     kl_warmup_epochs: int = Field(2, ge=0, description="epochs over which beta ramps up from 0")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Precision = Field(
+        "fp32",
+        description="arithmetic of the forward pass: fp32, bf16 (autocast; weights, optimizer "
+        "and checkpoints stay fp32) or auto (bf16 where the device does it natively)",
+    )
     resume: bool = Field(
         True,
         description="continue after the last epoch saved for this exact configuration "
@@ -182,6 +189,9 @@ class FeatureExtractorConfig(_Config):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     min_test_accuracy: float = Field(
         0.99, ge=0, le=1, description="warn when the trained extractor scores below this"
+    )
+    precision: Precision = Field(
+        "fp32", description="as train.precision, for the extractor's training"
     )
     use_reference: bool = Field(
         True,

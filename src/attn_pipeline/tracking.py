@@ -407,6 +407,7 @@ class VariantRunsHook:
                 "entry": data.get("entry", namespace),
                 "variant": data.get("model", {}).get("variant", namespace),
                 "seed": data.get("train", {}).get("seed", ""),
+                "precision": data.get("precision_used", "fp32"),
             }
             mlflow.set_tags(tags)
             self._entries[namespace] = {key: str(value) for key, value in tags.items()}

@@ -16,6 +16,7 @@ from attn_pipeline.config import TrainConfig
 from attn_pipeline.losses import LossTerms, training_objective, vae_loss_terms
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import VAE
+from attn_pipeline.precision import FP32, ResolvedPrecision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,16 @@ def _step(
     beta: float,
     where: str,
     config: TrainConfig,
+    precision: ResolvedPrecision = FP32,
 ) -> LossTerms:
     """One optimisation step on the batch ``x``; refuses a non-finite loss or gradient
-    before the optimizer applies it."""
+    before the optimizer applies it. The forward pass runs under ``precision``'s autocast;
+    the loss is computed from its outputs in fp32."""
     weight = model.attention_loss_weight
+    with precision.autocast(x.device):
+        output = model(x)
     terms = vae_loss_terms(
-        model(x), x, with_attention=weight > 0, attention_target=model.attention_target
+        output.float(), x, with_attention=weight > 0, attention_target=model.attention_target
     )
     loss = training_objective(terms, beta=beta, attention_weight=weight)
     optimizer.zero_grad(set_to_none=True)
@@ -175,6 +180,8 @@ class TrainingResult:
 
     model: VAE
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the arithmetic the forward passes ran in, and why
+    precision: ResolvedPrecision = FP32
 
 
 def fit(
@@ -225,18 +232,20 @@ def fit(
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     n = len(train_images)
     n_batches = (n + config.batch_size - 1) // config.batch_size
-    result = TrainingResult(model=model)
+    result = TrainingResult(model=model, precision=resolve_precision(config.precision, device))
     first_epoch = 1
     if resume_from is not None:
         resume_from.restore(model, optimizer, order, device, epochs=config.epochs)
         result.history = list(resume_from.history)
         first_epoch = resume_from.epoch + 1
     logger.info(
-        "training %d parameters on %d images (%d batches/epoch) on %s%s",
+        "training %d parameters on %d images (%d batches/epoch) on %s in %s (%s)%s",
         sum(p.numel() for p in model.parameters()),
         n,
         n_batches,
         device,
+        result.precision.name,
+        result.precision.reason,
         f", from epoch {first_epoch}" if first_epoch > 1 else "",
     )
     for epoch in range(first_epoch, config.epochs + 1):
@@ -259,7 +268,15 @@ def fit(
             if binarize:
                 x = torch.bernoulli(x)
             where = f"{name} at epoch {epoch}, batch {batch} of {n_batches}"
-            terms = _step(model, optimizer, x, beta=beta, where=where, config=config)
+            terms = _step(
+                model,
+                optimizer,
+                x,
+                beta=beta,
+                where=where,
+                config=config,
+                precision=result.precision,
+            )
             with torch.no_grad():
                 attention = (
                     terms.attention.sum() if terms.attention is not None else x.new_zeros(())

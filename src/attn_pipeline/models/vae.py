@@ -43,6 +43,16 @@ class VAEOutput:
     z: torch.Tensor  # (B, D) the code that was decoded
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def float(self) -> VAEOutput:
+        """The same output in fp32 (a forward pass under bfloat16 autocast gives bf16)."""
+        return VAEOutput(
+            self.logits.float(),
+            self.mu.float(),
+            self.logvar.float(),
+            self.z.float(),
+            {name: value.float() for name, value in self.attention.items()},
+        )
+
 
 #: An edit of an attention map at generation time: ``(B, 1, h, w) -> (B, 1, h, w)``.
 AttentionEdit = Callable[[torch.Tensor], torch.Tensor]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from attn_pipeline.config import FeatureExtractorConfig
 from attn_pipeline.models.classifier import FeatureClassifier, state_dict_hash
+from attn_pipeline.precision import resolve_precision
 from attn_pipeline.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def fit_classifier(
 ) -> FeatureClassifier:
     """Adam on cross-entropy, seeded; batches drawn by indexing the in-memory tensors."""
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    logger.info("feature extractor: training in %s (%s)", precision.name, precision.reason)
     torch.manual_seed(config.seed)
     model = FeatureClassifier(
         image_channels=train_set["images"].shape[1], feature_dim=config.feature_dim
@@ -48,7 +51,9 @@ def fit_classifier(
         total = torch.zeros((), device=device)
         for start in range(0, len(images), config.batch_size):
             index = permutation[start : start + config.batch_size]
-            loss = F.cross_entropy(model(images[index]), labels[index])
+            with precision.autocast(device):
+                logits = model(images[index])
+            loss = F.cross_entropy(logits.float(), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -111,6 +111,9 @@ def train_model(
         "n_val_images": len(val_set["images"]),
         "binarized": is_binarized(train_set),
         "checkpoint_folder": checkpoints.folder.name,
+        # what the forward passes ran in (train.precision: auto decides by the device)
+        "precision_used": result.precision.name,
+        "precision_reason": result.precision.reason,
         "resumed_after_epoch": resume_from.epoch if resume_from is not None else 0,
     }
     sampler = ImageSampler(model.generator, latent_dim=model_config.latent_dim).eval()

@@ -1,0 +1,94 @@
+"""Training steps in fp32 and under bfloat16 autocast, for every variant, on this machine.
+
+For each entry of ``conf/base/parameters_train.yml`` (``--entries`` to choose), one
+optimisation step of the project's training loop (batch 128, channels_last, fused Adam) is
+timed in fp32 and in bf16, the two interleaved in one process so that both see the same
+machine state; the fastest of ``--repeats`` rounds of ``--steps`` steps is reported, with
+1 thread and with all of the machine's threads. The CPU and what torch reports of it
+(AVX-512 BF16, AMX) come first: where bfloat16 is emulated (AVX2 only), bf16 is slower.
+
+    .venv/bin/python -m benchmarks.precision [--repeats 6] [--steps 20]
+
+Timings taken while other processes share the cores exaggerate the ratio: run it on an
+idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from attn_pipeline.config import ModelConfig, TrainConfig
+from attn_pipeline.models import build_vae
+from attn_pipeline.pipeline_registry import load_parameters
+from attn_pipeline.precision import native_bf16, resolve_precision
+from attn_pipeline.training import _step  # noqa: PLC2701 (the loop's own step is what is timed)
+
+CPU = torch.device("cpu")
+
+
+def _batch(size: int = 128) -> torch.Tensor:
+    """Real MNIST images where `kedro run` has prepared them, else uniform noise."""
+    prepared = Path("data/05_model_input/mnist_train.pt")
+    if prepared.is_file():
+        images = torch.load(prepared, weights_only=True)["images"][:size]
+    else:
+        images = torch.rand(size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def time_steps(config: ModelConfig, precision: str, x: torch.Tensor, steps: int) -> float:
+    """Seconds per step, over ``steps`` steps after two untimed ones."""
+    torch.manual_seed(0)
+    model = build_vae(config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    train = TrainConfig(precision=precision, device="cpu")
+    resolved = resolve_precision(precision, CPU)
+    for _ in range(2):
+        _step(model, optimizer, x, beta=1.0, where="bench", config=train, precision=resolved)
+    started = time.perf_counter()
+    for _ in range(steps):
+        _step(model, optimizer, x, beta=1.0, where="bench", config=train, precision=resolved)
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--entries", nargs="+", default=None)
+    args = parser.parse_args()
+    params = load_parameters(Path("conf"), env="base")
+    entries = args.entries or [k for k, v in params.items() if isinstance(v, dict) and "model" in v]
+    _, why = native_bf16(CPU)
+    print(f"CPU: {platform.processor() or torch.cpu.get_capabilities().get('cpu_name')}; {why}")
+    print(
+        f"torch {torch.__version__}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    x = _batch()
+    print("| entry | threads | fp32 ms/step | bf16 ms/step | fp32 / bf16 |")
+    print("|---|---|---|---|---|")
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        for entry in entries:
+            config = ModelConfig.model_validate(params[entry]["model"])
+            best = {"fp32": float("inf"), "bf16": float("inf")}
+            for _ in range(args.repeats):
+                for precision in ("fp32", "bf16"):  # interleaved: both see the same state
+                    seconds = time_steps(config, precision, x, args.steps)
+                    best[precision] = min(best[precision], seconds)
+            ratio = best["fp32"] / best["bf16"]
+            print(
+                f"| {entry} | {threads} | {best['fp32'] * 1e3:.1f} | {best['bf16'] * 1e3:.1f} "
+                f"| {ratio:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
