@@ -65,6 +65,37 @@ def test_the_precision_is_part_of_the_training_key() -> None:
     assert keys[0] != keys[1]
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        ModelConfig(variant="none"),
+        ModelConfig(variant="latent"),
+        ModelConfig(variant="spatial", attention_loss_weight=1.0),
+        ModelConfig(variant="spatial_gate", attention_loss_weight=1.0, attention_target="ink"),
+        ModelConfig(variant="self", attention_resolution=7),
+        ModelConfig(variant="cbam", attention_resolution=7),
+        ModelConfig(variant="latent", backbone="mlp"),
+    ],
+    ids=lambda config: f"{config.variant}-{config.backbone}",
+)
+def test_every_variant_trains_under_bf16_autocast(model: ModelConfig) -> None:
+    """One epoch of every variant in bf16: finite losses, fp32 weights (cbam's blend once
+    failed there: lerp takes one dtype)."""
+    images = _split(100)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(
+            build_vae(model),
+            images,
+            None,
+            TrainConfig(epochs=1, batch_size=50, precision="bf16", device="cpu"),
+            show_progress=False,
+        )
+    assert torch.isfinite(torch.tensor(result.history[0]["train/loss"]))
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
 def test_a_bf16_training_keeps_fp32_weights_and_evaluates_in_fp32() -> None:
     images = _split()
     torch.manual_seed(0)
