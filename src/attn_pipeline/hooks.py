@@ -21,7 +21,8 @@ from attn_pipeline.run_guard import ProjectRunLock, output_groups
 
 logger = logging.getLogger(__name__)
 
-#: The pipelines a missing input is looked up in, smallest first when several make it.
+#: Pipelines never named as the fix for a missing input: they run far more than what is
+#: missing (the smallest pipeline that writes it is named).
 _COMPOSITE_PIPELINES = ("__default__", "compare")
 
 
@@ -121,7 +122,6 @@ class RunPlanCheckHook:
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
         self._config_loader: Any = None
-        self._env: str | None = None
         self._lock: ProjectRunLock | None = None
 
     # tryfirst: the pipelines must be built from this run's parameters before any other
@@ -131,7 +131,6 @@ class RunPlanCheckHook:
         self._config_loader = context.config_loader
         self._params = context.config_loader["parameters"]
         use_run_parameters(self._params)
-        self._env = context.env
         self._lock = ProjectRunLock(Path(context.project_path))
 
     def _check_parameter_keys(self) -> None:
@@ -139,12 +138,7 @@ class RunPlanCheckHook:
         files through the session's own loader, so ``--conf-source`` (a folder or the
         packaged project's tarball) is honoured."""
         base, overrides, *_ = self._config_loader._read_raw_config("parameters")  # noqa: SLF001
-        plain = {path: dict(config) for path, config in base.items()}
-        known = check_parameter_files(
-            plain,
-            {path: dict(config) for path, config in overrides.items()},
-            _listed_entries(self._params),
-        )
+        known = check_parameter_files(base, overrides, _listed_entries(self._params))
         check_runtime_params(self._config_loader.runtime_params or {}, known)
 
     def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
