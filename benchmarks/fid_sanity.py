@@ -38,20 +38,27 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     train, _, test = load_splits(args.dataset)
-    store = TorchDataset(filepath=f"data/06_models/feature_extractor/{args.dataset}.pt")
+    store = TorchDataset(
+        filepath=f"data/06_models/feature_extractor/{args.dataset}.pt", missing_ok=True
+    )
     reference = PackagedTorchDataset(
         package="attn_pipeline",
         resource=f"reference/feature_extractor/{args.dataset}.pt",
         missing_ok=True,
     ).load()
     started = time.perf_counter()
-    stored = store.load() if store.exists() else reference
+    stored = store.load()
+    # the pipeline's own choice: the stored extractor, else the reference, else trained
     extractor_checkpoint, info = ensure_feature_extractor(
         stored, reference, train, test, FeatureExtractorConfig(), args.dataset
     )
-    if stored is None:
+    if stored is not None:
+        how = "stored"
+    elif extractor_checkpoint is reference:
+        how = "the reference shipped with the package"
+    else:
         store.save(extractor_checkpoint)
-    how = "stored" if stored is not None else f"trained in {time.perf_counter() - started:.0f} s"
+        how = f"trained in {time.perf_counter() - started:.0f} s"
     print(f"feature extractor {info['hash']}: test accuracy {info['test_accuracy']:.4f} ({how})")
     extractor = load_feature_extractor(extractor_checkpoint)
     test_features = classifier_view(extractor, test["images"]).features
