@@ -12,6 +12,7 @@ from scipy import stats
 from attn_pipeline.config import StudyConfig
 from attn_pipeline.pipelines.compare.nodes import (
     METRICS,
+    compare_study_cells,
     compare_variants,
     holm,
     summarise_run,
@@ -25,6 +26,7 @@ def _row(
     mse: float = 0.01,
     extractor: str = "abc",
     architecture: str | None = None,
+    data: str = "d1",
 ) -> dict:
     return {
         "entry": entry,
@@ -32,6 +34,7 @@ def _row(
         "seed": seed,
         "n_parameters": 100,
         "epoch_seconds": 2.0,
+        "data_hash": data,
         "feature_extractor_hash": extractor,
         "fid_n_samples": 1000,
         "nll_iw_k": 100,
@@ -94,8 +97,40 @@ def test_figures_from_different_extractors_are_refused() -> None:
         "a": _row("none", 0, 100.0, extractor="abc"),
         "b": _row("spatial", 0, 99.0, extractor="def"),
     }
-    with pytest.raises(ValueError, match=r"different feature extractors \(\['abc', 'def'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"different feature extractors \(abc: none_seed0; def: spatial_seed0\)"
+    ):
         compare_variants(baselines=["none"], **rows)
+
+
+def test_cells_of_other_data_are_refused_by_name() -> None:
+    """Cells made on machines whose data differ (another raw file, another split) are not
+    paired: the message names which cells have which data."""
+    cells = {
+        "study.none_seed0": _row("none", 0, 100.0),
+        "study.spatial_seed0": _row("spatial", 0, 99.0),
+        "study.none_seed1": _row("none", 1, 100.0, data="d2"),
+        "study.spatial_seed1": _row("spatial", 1, 99.0),
+    }
+    study = {"variants": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
+    with pytest.raises(
+        ValueError,
+        match=r"different data .*d1: none_seed0, spatial_seed0, "
+        r"spatial_seed1; d2: none_seed1",
+    ):
+        compare_study_cells(study, cells)
+
+
+def test_the_comparison_of_tracked_cells_needs_every_cell() -> None:
+    cells = {
+        "study.none_seed0": _row("none", 0, 100.0),
+        "study.spatial_seed0": _row("spatial", 0, 9),
+    }
+    study = {"variants": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
+    with pytest.raises(ValueError, match="no finished cell study.none_seed1, study.spatial_seed1"):
+        compare_study_cells(study, cells)
+    table, *_ = compare_study_cells({**study, "seeds": [0]}, cells)
+    assert list(table["entry"]) == ["none", "spatial"]
 
 
 def test_overlapping_interval_is_called_no_clear_difference() -> None:
@@ -212,6 +247,7 @@ def test_summarise_run_reads_the_run_outputs() -> None:
         "cbam_small",
         metrics,
         {
+            "data_hash": "d1",
             "feature_extractor_hash": "abc",
             "fid_n_samples": 1000,
             "nll_iw_k": 10,
@@ -226,6 +262,7 @@ def test_summarise_run_reads_the_run_outputs() -> None:
         "seed": 2,
         "n_parameters": 123,
         "epoch_seconds": 11.0,
+        "data_hash": "d1",
         "feature_extractor_hash": "abc",
         "fid_n_samples": 1000,
         "nll_iw_k": 10,

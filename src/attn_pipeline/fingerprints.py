@@ -21,6 +21,14 @@ def tensor_fingerprint(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def combined_fingerprint(*fingerprints: str | None) -> str:
+    """One hash of several (``None`` where a part is unknown, which the hash says)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for fingerprint in fingerprints:
+        digest.update(f"{fingerprint};".encode())
+    return digest.hexdigest()
+
+
 def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     """A hash of a model's weights (names, shapes and values)."""
     digest = hashlib.blake2b(digest_size=8)

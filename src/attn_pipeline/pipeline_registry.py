@@ -129,4 +129,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["compare"] = compare.create_pipeline(
         study_variants, plan["study.seeds"], steerable=steerable
     )
+    pipelines["study_report"] = compare.create_report_pipeline()
     return pipelines

@@ -1,45 +1,60 @@
-"""``attn-study``: the study with its cells side by side, each cell its own ``kedro run``.
+"""``attn-study``: the study's cells as Dask tasks, each its own ``kedro run``.
 
 ``kedro run --pipelines compare`` runs every (entry, seed) cell one after another in one
-process. The cells are independent, and on a CPU two one-thread processes do more work per
-hour than one two-thread process (1.39x on 2 cores, ``benchmarks/study_workers.py``), so
-this command runs the same ``compare`` pipeline in steps, as separate ``kedro run``
-processes of the project:
+process. The cells are independent, so this command hands them to Dask's distributed
+scheduler: a ``LocalCluster`` of ``study.workers`` one-thread processes on this machine
+(two one-thread processes do 1.39x the cells per hour of one two-thread process on 2
+cores, ``benchmarks/study_workers.py``), or an existing cluster (``--scheduler``, or
+``DASK_SCHEDULER_ADDRESS``). A task runs its cell as a ``kedro run --namespaces
+study.<entry>_seed<n>`` process in the worker's own copy of the project, so no Kedro or
+MLflow state is shared between cells, and machines need to share nothing but the MLflow
+tracking server:
 
-1. the shared nodes (data split, feature extractor), once;
-2. each cell (``--namespaces study.<entry>_seed<n>``), ``study.workers`` at a time, with
-   the CPU threads divided between them;
-3. the comparison (``--nodes compare_variants``), which reads the cells' saved summaries.
+1. the study's MLflow run (``compare``) is created; every cell already FINISHED with the
+   same key (code, configuration, seed: :func:`attn_pipeline.study.cell_key`), in this
+   study or an earlier one, is reused and named on it, and not run again;
+2. each remaining cell runs on a worker, after the shared step (data split, feature
+   extractor: deterministic) has run once in that worker's folder; its run is a child of
+   the study's run and records the hashes of its data and extractor;
+3. the comparison (``kedro run --pipelines study_report``) reads every cell's summary from
+   the tracking server and writes its tables locally and to the study's run.
 
-Every step resumes one MLflow run named ``compare``, created first (``MLFLOW_RUN_ID``), so
-each cell's run is its child as in a one-process study, on a local SQLite store or on a
-tracking server (``MLFLOW_TRACKING_URI=http://...``). Cells that finished earlier train and
-evaluate nothing again (``train.resume`` and the evaluation cache), so a killed study is
-started again with the same command. The same three steps run as independent jobs on other
-machines against a shared server and storage (README, "Scaling out").
+Ctrl-C stops the cells (their runs end KILLED, finished epochs are kept) and ends the
+study's run KILLED; the same command then goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
+import yaml
+from distributed import Client, LocalCluster, as_completed
 from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from attn_pipeline.config import StudyConfig, TrainConfig
-from attn_pipeline.pipelines.compare.pipeline import cell_namespace
+from attn_pipeline.config import ConfigError, StudyConfig, TrainConfig
+from attn_pipeline.datasets import REUSED_CELL_TAG_PREFIX
+from attn_pipeline.run_guard import sqlite_path
+from attn_pipeline.study import CELL_KEY_TAG, cell_key, cell_namespace
 from attn_pipeline.tracking import PARENT_STAYS_RUNNING, owner_tags
 
 logger = logging.getLogger("attn_pipeline.study")
@@ -49,6 +64,8 @@ logger = logging.getLogger("attn_pipeline.study")
 WORKERS_PER_GPU = 8
 #: The name of the study's parent run (kedro-mlflow names a run after its pipeline).
 PARENT_RUN_NAME = "compare"
+#: Where a worker's copy of the project is, when not the worker's working directory.
+PROJECT_ENV = "ATTN_PIPELINE_PROJECT"
 
 
 def plan_workers(
@@ -65,80 +82,26 @@ def plan_workers(
     return processes, max(1, cpu_count // processes)
 
 
-#: The ``kedro run`` processes under way, so that a stopped study stops them too.
-_RUNNING: set[subprocess.Popen] = set()
-_LOCK = threading.RLock()  # re-entrant: the signal handler may interrupt a holder
-#: Set once the study is stopped: no further process starts, and the cells still queued
-#: return at once as "not started".
-_STOPPING = threading.Event()
-#: The signal that stopped the study (its exit code is 128 + it, as a shell reports).
-_STOP_SIGNAL: list[int] = []
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` -> [0, 1, 2, 3, 4]; ``0,2,7-8`` -> [0, 2, 7, 8]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise argparse.ArgumentTypeError(
+                f"seeds {text!r}: give numbers and ranges such as 0-4 or 0,2,7-8"
+            )
+        first = int(match[1])
+        seeds += range(first, int(match[2] or first) + 1)
+    return seeds
 
 
-def _kedro(args: list[str], env: dict[str, str], log: Path | None = None) -> int | None:
-    """``kedro run args``'s exit code; None when it was not started (the study is stopping).
-
-    Its output goes to ``log`` when given, appended after a line that says when and what ran:
-    a study started again keeps each cell's earlier sittings (its training epochs) above the
-    new one, which for a finished cell only says that nothing was left to do."""
-    command = [sys.executable, "-m", "kedro", "run", *args]
-    out = None
-    try:
-        with _LOCK:
-            if _STOPPING.is_set():
-                return None
-            if log is not None:
-                log.parent.mkdir(parents=True, exist_ok=True)
-                out = open(log, "a")  # noqa: SIM115 (closed below, after the process ends)
-                out.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} kedro run {' '.join(args)}\n")
-                out.flush()
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-            _RUNNING.add(process)
-        try:
-            return process.wait()
-        finally:
-            with _LOCK:
-                _RUNNING.discard(process)
-    finally:
-        if out is not None:
-            out.close()
-
-
-def _stop_cells(signum: int, frame: object) -> None:
-    """Pass SIGINT / SIGTERM on to every cell process (each ends its MLflow runs as KILLED
-    and keeps its saved epochs) and start no other. The handler returns: the study's own
-    flow then sees every cell end (stopped, or not started) and reports each, whatever the
-    order in which the worker threads notice. (Raising here instead left it to the executor
-    whether a queued cell was cancelled silently or reported.)"""
-    with _LOCK:
-        if not _STOP_SIGNAL:
-            _STOP_SIGNAL.append(signum)
-        _STOPPING.set()
-        running = list(_RUNNING)
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-
-
-def _stopped(client: mlflow.MlflowClient, parent: str) -> int:
-    """End the stopped study: its parent run KILLED, the exit code of the signal."""
-    client.set_terminated(parent, "KILLED")
-    logger.warning("study: stopped; run the same command again to go on")
-    return 128 + _STOP_SIGNAL[0]
-
-
-def _create_parent_run(context) -> str:
-    """A new ``compare`` run in the project's experiment, on the project's tracking store."""
-    config = context.mlflow  # kedro-mlflow's configuration, set up when the context was made
-    client = mlflow.MlflowClient(config.server.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment.name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(config.tracking.experiment.name)
-    )
-    # owned by this process: if it dies, the next run against the store marks it KILLED
-    run = client.create_run(experiment_id, run_name=PARENT_RUN_NAME, tags=owner_tags())
-    return run.info.run_id
+def parse_entries(text: str) -> list[str]:
+    """``none,latent`` -> ["none", "latent"]."""
+    entries = [name.strip() for name in text.split(",") if name.strip()]
+    if not entries:
+        raise argparse.ArgumentTypeError(f"entries {text!r}: give names such as none,latent")
+    return entries
 
 
 def study_cells(study: StudyConfig) -> list[str]:
@@ -148,95 +111,473 @@ def study_cells(study: StudyConfig) -> list[str]:
     return [cell_namespace(entry, seed) for seed in study.seeds for entry in study.variants]
 
 
-def run_study(project: Path, env: str | None = None, workers: int | str | None = None) -> int:
-    """Run the study of ``project`` as above; returns 0 when every step succeeded."""
+# ---- on a worker -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What a worker needs to run one cell; the client makes it, a Dask task runs it."""
+
+    namespace: str
+    entry: str
+    seed: int
+    study_run_id: str
+    tracking_uri: str
+    dataset: str
+    env: str | None
+    #: CPU threads of the cell's process; None: the worker's OMP_NUM_THREADS (1 under Dask)
+    threads: int | None
+    #: the nodes of the shared step (data split, feature extractor)
+    shared_nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    namespace: str
+    exit_code: int | None  # None: not started (the study was stopped)
+    host: str
+    log: str
+
+
+#: The cell processes under way in this worker process, so that a stopped study stops them.
+_RUNNING: dict[subprocess.Popen, str] = {}
+#: Studies stopped: their cells still queued on this worker do not start.
+_STOPPED_STUDIES: set[str] = set()
+_LOCK = threading.Lock()
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux: a cell whose worker dies is stopped by the next study instead
+    _prctl = None
+
+
+def _stop_with_parent() -> None:
+    """In the cell's process before it starts: SIGTERM when the worker dies, so that a
+    killed worker leaves no cell running behind it (its run then ends KILLED)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _worker_project() -> Path:
+    project = Path(os.environ.get(PROJECT_ENV) or os.getcwd())
+    if not (project / "conf").is_dir() or not (project / "pyproject.toml").is_file():
+        raise RuntimeError(
+            f"the Dask worker on {socket.gethostname()} runs in {project}, which is not a "
+            f"copy of the project: start `dask worker` in the project's folder, or set "
+            f"{PROJECT_ENV} to it"
+        )
+    return project
+
+
+def _study_override(entries: list[str], seeds: list[int], baselines: list[str]) -> dict:
+    return {"study": {"variants": entries, "seeds": seeds, "baselines": baselines}}
+
+
+def kedro_run(
+    project: Path,
+    args: list[str],
+    env: dict[str, str],
+    params: dict[str, Any],
+    log: Path | None = None,
+    study_run_id: str = "",
+) -> int | None:
+    """``kedro run args`` in ``project`` with runtime parameters ``params`` (a run
+    configuration file: ``--params`` cannot give a list); its exit code, None when not
+    started because the study was stopped. Output goes to ``log`` when given, appended
+    after a line that says when and what ran."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as config:
+        yaml.safe_dump({"run": {"params": params}}, config)
+    command = [sys.executable, "-m", "kedro", "run", "--config", config.name, *args]
+    out = None
+    try:
+        with _LOCK:
+            if study_run_id in _STOPPED_STUDIES:
+                return None
+            if log is not None:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                out = open(log, "a")  # noqa: SIM115 (closed below, after the process ends)
+                out.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} kedro run {' '.join(args)}\n")
+                out.flush()
+            process = subprocess.Popen(
+                command,
+                cwd=project,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_stop_with_parent,  # noqa: PLW1509 (prctl alone: takes no lock)
+            )
+            _RUNNING[process] = " ".join(args)
+        try:
+            return process.wait()
+        except BaseException:  # the study stopped while its own step ran: stop it too
+            process.terminate()
+            process.wait()
+            raise
+        finally:
+            with _LOCK:
+                _RUNNING.pop(process, None)
+    finally:
+        os.unlink(config.name)
+        if out is not None:
+            out.close()
+
+
+def run_cell(job: CellJob) -> CellOutcome:
+    """One cell on this worker: the shared step first if this folder has not made it for
+    this study (once per folder, whichever worker gets there first), then the cell."""
+    project = _worker_project()
+    logs = project / "data" / "08_reporting" / job.dataset / "study" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": job.tracking_uri,
+        "MLFLOW_RUN_ID": job.study_run_id,
+        PARENT_STAYS_RUNNING: "1",
+    }
+    threads = job.threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    base = ["--pipelines", "compare", *(["--env", job.env] if job.env else [])]
+    # the cell's own pipeline: its entry at its seed, and the shared nodes
+    params = _study_override([job.entry], [job.seed], [job.entry])
+    host = socket.gethostname()
+    done = logs / f".shared-{job.study_run_id}"
+    with open(logs / ".shared.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            code = kedro_run(
+                project,
+                [*base, "--nodes", ",".join(job.shared_nodes)],
+                env,
+                params,
+                logs / "shared.log",
+                job.study_run_id,
+            )
+            if code != 0:
+                return CellOutcome(job.namespace, code, host, str(logs / "shared.log"))
+            done.touch()
+    log = logs / f"{job.namespace}.log"
+    code = kedro_run(
+        project, [*base, "--namespaces", job.namespace], env, params, log, job.study_run_id
+    )
+    return CellOutcome(job.namespace, code, host, str(log))
+
+
+def stop_cells(study_run_id: str) -> list[str]:
+    """On a worker: start no other cell of the study, stop the running ones (SIGTERM: each
+    ends its MLflow runs KILLED and keeps its saved epochs) and wait for them to end.
+    Returns what was stopped."""
+    with _LOCK:
+        _STOPPED_STUDIES.add(study_run_id)
+        running = dict(_RUNNING)
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=120)
+    return list(running.values())
+
+
+# ---- on the client -------------------------------------------------------------------------
+
+
+class StudyStopped(Exception):  # noqa: N818 (a stop, not an error)
+    """SIGINT or SIGTERM reached the study."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    # once: a second Ctrl-C must not cut short the stopping of the cells
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise StudyStopped(signum)
+
+
+def _absolute_tracking_uri(uri: str, project: Path) -> str:
+    """The URI every worker can open: a local SQLite store by its absolute path."""
+    database = sqlite_path(uri, project)
+    return uri if database is None else f"sqlite:///{database}"
+
+
+@dataclass
+class _Plan:
+    study: StudyConfig
+    baselines: list[str]
+    params: dict[str, Any]
+    tracking_uri: str
+    experiment: str
+    dataset: str
+    shared_nodes: tuple[str, ...]
+    gpus: int
+
+
+def _plan(
+    project: Path,
+    env: str | None,
+    workers: int | str | None,
+    seeds: list[int] | None,
+    entries: list[str] | None,
+) -> _Plan:
+    """The study as configured and overridden on the command line, checked before
+    anything runs: a bad value stops it with one line naming the fix."""
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env) as session:
         context = session.load_context()
         params = context.config_loader["parameters"]  # plain values (context.params: typed)
-        overrides = {} if workers is None else {"workers": workers}
-        # checked before anything runs: a bad value stops the study with pydantic's message
-        study = StudyConfig.model_validate({**params.get("study", {}), **overrides})
-        device = TrainConfig.model_validate(params.get("train", {})).device
-        dataset = str(params.get("dataset", ""))
-        parent = _create_parent_run(context)
-    cells = study_cells(study)
-    gpus = _gpus(device)
-    processes, threads = plan_workers(study.workers, len(cells), os.cpu_count() or 1, gpus)
-    base = ["--pipelines", "compare", *(["--env", env] if env else [])]
-    child_env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
-
-    def step(args: list[str], log: Path | None = None, last: bool = False) -> int | None:
-        """A `kedro run` of the study's parent run; every step but the last leaves it
-        RUNNING (FINISHED only once the comparison is written)."""
-        stays = {} if last else {PARENT_STAYS_RUNNING: "1"}
-        return _kedro(base + args, {**child_env, "MLFLOW_RUN_ID": parent, **stays}, log)
-
-    logs = project / "data" / "08_reporting" / dataset / "study" / "logs"
-    logger.info(
-        "study: %d cells, %d at a time with %d thread(s) each; MLflow run %s",
-        len(cells),
-        processes,
-        threads,
-        parent,
-    )
-    started = time.monotonic()
-    shared = [
-        node.name
-        for node in pipelines["compare"].nodes  # registered once the project is bootstrapped
-        if not node.namespace and node.name != "compare_variants"
-    ]
-    client = mlflow.MlflowClient(context.mlflow.server.mlflow_tracking_uri)
-    if step(["--nodes", ",".join(shared)]) != 0:
-        if _STOPPING.is_set():
-            return _stopped(client, parent)
-        logger.error("study: the shared step failed (output above)")
-        client.set_terminated(parent, "FAILED")
-        return 1
-
-    def cell(name: str) -> int | None:
-        code = step(["--namespaces", name], logs / f"{name}.log")
-        if code is None:
-            outcome = "not started (the study was stopped)"
-        elif code != 0 and _STOPPING.is_set():
-            outcome = f"stopped (exit {code}); its finished epochs are kept"
-        else:
-            outcome = "done" if code == 0 else f"FAILED (exit {code})"
-        logger.info("study: %s %s", name, outcome)
-        return code
-
-    cells_started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=processes) as pool:
-        codes = dict(zip(cells, pool.map(cell, cells), strict=True))
-    if _STOPPING.is_set():
-        return _stopped(client, parent)
-    cells_hours = (time.monotonic() - cells_started) / 3600
-    logger.info(
-        "study: %d cells in %.1f min, %.1f cells per hour",
-        len(cells),
-        cells_hours * 60,
-        len(cells) / cells_hours,
-    )
-    failed = [name for name, code in codes.items() if code != 0]
-    if failed:
-        logger.error(
-            "study: %d cell(s) failed: %s; their logs are in %s. Run the same command again: "
-            "finished cells are not trained or evaluated again.",
-            len(failed),
-            ", ".join(failed),
-            logs,
+        configured = dict(params.get("study", {}))
+        overrides: dict[str, Any] = {}
+        if workers is not None:
+            overrides["workers"] = workers
+        if seeds is not None:
+            overrides["seeds"] = seeds
+        if entries is not None:
+            overrides["variants"] = entries
+            # the configured baselines that are among the entries
+            overrides["baselines"] = [
+                b for b in configured.get("baselines", StudyConfig().baselines) if b in entries
+            ]
+            if not overrides["baselines"]:
+                raise ConfigError(
+                    f"--entries {','.join(entries)} has none of the study's baselines "
+                    f"{configured.get('baselines', StudyConfig().baselines)}: add one "
+                    "(the comparison pairs every entry with a baseline)"
+                )
+        try:
+            study = StudyConfig.model_validate({**configured, **overrides})
+        except ValueError as error:
+            raise ConfigError(f"study: {error}") from None
+        unknown = [e for e in study.variants if "model" not in (params.get(e) or {})]
+        if unknown:
+            raise ConfigError(
+                f"entries {unknown} have no '<name>.model' block in "
+                "conf/base/parameters_train.yml: add one or leave them out"
+            )
+        shared = tuple(
+            node.name
+            for node in pipelines["compare"].nodes  # built from this session's parameters
+            if not node.namespace and node.name != "compare_variants"
         )
-        client.set_terminated(parent, "FAILED")
-        return 1
-    code = step(["--nodes", "compare_variants"], last=True)
-    if _STOPPING.is_set():
-        return _stopped(client, parent)
+        return _Plan(
+            study=study,
+            baselines=list(study.baselines),
+            params=params,
+            tracking_uri=_absolute_tracking_uri(context.mlflow.server.mlflow_tracking_uri, project),
+            experiment=context.mlflow.tracking.experiment.name,
+            dataset=str(params.get("dataset", "")),
+            shared_nodes=shared,
+            gpus=_gpus(TrainConfig.model_validate(params.get("train", {})).device),
+        )
+
+
+def _create_study_run(client: mlflow.MlflowClient, experiment_name: str) -> str:
+    """A new ``compare`` run in the project's experiment, owned by this process (if it
+    dies, the next run against the store marks it KILLED)."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(experiment_name)
+    )
+    run = client.create_run(experiment_id, run_name=PARENT_RUN_NAME, tags=owner_tags())
+    return run.info.run_id
+
+
+def finished_cells(
+    client: mlflow.MlflowClient, experiment_id: str, keys: dict[str, str]
+) -> dict[str, str]:
+    """namespace -> the newest FINISHED run with the cell's key, for the cells that have one."""
+    found = {}
+    for namespace, key in keys.items():
+        runs = client.search_runs(
+            [experiment_id],
+            f"tags.`{CELL_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            found[namespace] = runs[0].info.run_id
+    return found
+
+
+def _dask_client(scheduler: str | None, processes: int, dashboard: str | None):
+    """A Dask client: of the cluster at ``scheduler``, or of a new LocalCluster of
+    ``processes`` one-thread worker processes on this machine."""
+    if scheduler:
+        return Client(scheduler), None
+    cluster = LocalCluster(
+        n_workers=processes,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=dashboard,
+    )
+    return Client(cluster), cluster
+
+
+def _run_cells(
+    jobs: list[CellJob], scheduler: str | None, processes: int, dashboard: str | None
+) -> dict[str, str]:
+    """Run ``jobs`` on Dask; namespace -> what became of it (``done``, ``FAILED ...``,
+    ``stopped ...``, ``not started ...``). Raises :class:`StudyStopped` after stopping the
+    cells when the study is stopped."""
+    client, cluster = _dask_client(scheduler, processes, dashboard)
+    outcomes: dict[str, str] = {}
+    study_run_id = jobs[0].study_run_id
+    try:
+        logger.info(
+            "study: Dask scheduler %s, %d worker(s)%s",
+            client.scheduler.address,
+            len(client.scheduler_info(n_workers=-1)["workers"]),
+            f"; progress at {client.dashboard_link}" if scheduler or dashboard else "",
+        )
+        futures = {
+            client.submit(run_cell, job, key=f"{job.namespace}-{study_run_id}", pure=False): job
+            for job in jobs
+        }
+        try:
+            for future in as_completed(futures):
+                namespace = futures[future].namespace
+                if future.status == "error":
+                    outcomes[namespace] = f"FAILED ({future.exception()})"
+                else:
+                    outcome: CellOutcome = future.result()
+                    outcomes[namespace] = (
+                        "done"
+                        if outcome.exit_code == 0
+                        else f"FAILED (exit {outcome.exit_code}); its log: {outcome.log} "
+                        f"on {outcome.host}"
+                    )
+                logger.info("study: %s %s", namespace, outcomes[namespace])
+        except StudyStopped:
+            client.cancel(list(futures))
+            try:
+                stopped = client.run(stop_cells, study_run_id)
+            except Exception as error:  # noqa: BLE001 (workers gone: their cells got SIGTERM)
+                logger.warning("study: could not reach every worker to stop its cell: %s", error)
+                stopped = {}
+            for worker, what in stopped.items():
+                for args in what:
+                    namespace = args.rsplit(" ", 1)[-1]
+                    if namespace.startswith("study."):
+                        logger.info(
+                            "study: %s stopped on %s; its finished epochs are kept",
+                            namespace,
+                            worker,
+                        )
+                        outcomes[namespace] = "stopped"
+            for job in jobs:
+                if job.namespace not in outcomes:
+                    logger.info("study: %s not started (the study was stopped)", job.namespace)
+            raise
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+    return outcomes
+
+
+def run_study(
+    project: Path,
+    env: str | None = None,
+    workers: int | str | None = None,
+    scheduler: str | None = None,
+    seeds: list[int] | None = None,
+    entries: list[str] | None = None,
+    dashboard: str | None = ":8787",
+) -> int:
+    """Run the study of ``project`` as above; returns 0 when every step succeeded, 128 +
+    the signal when stopped."""
+    plan = _plan(project, env, workers, seeds, entries)
+    study = plan.study
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    study_run_id = _create_study_run(client, plan.experiment)
+    experiment_id = client.get_run(study_run_id).info.experiment_id
+    started = time.monotonic()
+    try:
+        keys = {
+            cell_namespace(entry, seed): cell_key(plan.params, entry, seed)
+            for seed in study.seeds
+            for entry in study.variants
+        }
+        reused = finished_cells(client, experiment_id, keys)
+        for namespace, run_id in reused.items():
+            client.set_tag(study_run_id, REUSED_CELL_TAG_PREFIX + namespace, run_id)
+        jobs = [
+            CellJob(
+                namespace=namespace,
+                entry=entry,
+                seed=seed,
+                study_run_id=study_run_id,
+                tracking_uri=plan.tracking_uri,
+                dataset=plan.dataset,
+                env=env,
+                threads=None,
+                shared_nodes=plan.shared_nodes,
+            )
+            for seed in study.seeds
+            for entry in study.variants
+            if (namespace := cell_namespace(entry, seed)) not in reused
+        ]
+        processes, threads = plan_workers(study.workers, len(jobs), os.cpu_count() or 1, plan.gpus)
+        logger.info(
+            "study: %d cells, %d finished before (reused), %d to run; MLflow run %s",
+            len(keys),
+            len(reused),
+            len(jobs),
+            study_run_id,
+        )
+        if jobs:
+            if not scheduler:
+                logger.info("study: %d at a time with %d thread(s) each", processes, threads)
+                jobs = [_with_threads(job, threads) for job in jobs]
+            cells_started = time.monotonic()
+            outcomes = _run_cells(jobs, scheduler, processes, dashboard)
+            hours = (time.monotonic() - cells_started) / 3600
+            logger.info(
+                "study: %d cells in %.1f min, %.1f cells per hour",
+                len(jobs),
+                hours * 60,
+                len(jobs) / hours,
+            )
+            failed = [name for name, outcome in outcomes.items() if outcome != "done"]
+            if failed:
+                logger.error(
+                    "study: %d cell(s) failed: %s. Run the same command again: finished "
+                    "cells are not run again.",
+                    len(failed),
+                    ", ".join(failed),
+                )
+                client.set_terminated(study_run_id, "FAILED")
+                return 1
+        code = kedro_run(
+            project,
+            ["--pipelines", "study_report", *(["--env", env] if env else [])],
+            {
+                **os.environ,
+                "MLFLOW_TRACKING_URI": plan.tracking_uri,
+                "MLFLOW_RUN_ID": study_run_id,
+            },
+            _study_override(study.variants, study.seeds, plan.baselines),
+        )
+        if code != 0:
+            logger.error("study: the comparison failed (output above)")
+            client.set_terminated(study_run_id, "FAILED")
+            return 1
+    except StudyStopped as stop:
+        client.set_terminated(study_run_id, "KILLED")
+        logger.warning("study: stopped; run the same command again to go on")
+        return 128 + stop.signum
     logger.info("study: finished in %.1f min", (time.monotonic() - started) / 60)
-    return code
+    return 0
+
+
+def _with_threads(job: CellJob, threads: int) -> CellJob:
+    return CellJob(**{**job.__dict__, "threads": threads})
 
 
 def _gpus(device: str) -> int:
@@ -250,13 +591,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=lambda v: v if v == "auto" else int(v),
-        help="cells at once (default: study.workers)",
+        help="local worker processes, cells at once (default: study.workers)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="address of a running Dask scheduler (tcp://host:8786); default: "
+        "DASK_SCHEDULER_ADDRESS, else a LocalCluster on this machine",
+    )
+    parser.add_argument("--seeds", type=parse_seeds, help="seeds, e.g. 0-4 (default: study.seeds)")
+    parser.add_argument(
+        "--entries", type=parse_entries, help="entries, e.g. none,latent (default: study.variants)"
+    )
+    parser.add_argument(
+        "--dashboard",
+        default=":8787",
+        help="the LocalCluster's dashboard address (default :8787; none: no dashboard)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_cells)
-    return run_study(Path.cwd(), env=args.env, workers=args.workers)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        return run_study(
+            Path.cwd(),
+            env=args.env,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            seeds=args.seeds,
+            entries=args.entries,
+            dashboard=None if args.dashboard == "none" else args.dashboard,
+        )
+    except ConfigError as error:
+        logger.error("attn-study: %s", error.message)
+        return 2
+    except StudyStopped as stop:  # before the study's run existed
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from attn_pipeline.config import RegistryConfig
 from attn_pipeline.fingerprints import state_fingerprint
 from attn_pipeline.metrics.table import METRICS
 from attn_pipeline.run_guard import prepare_tracking_store
+from attn_pipeline.study import CELL_KEY_TAG, cell_key, parse_cell_namespace
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ class VariantRunsHook:
         self._previous_handlers: dict[int, Any] = {}
         self._interrupted = 0  # the signal that stopped the run, if one did
         self._driven_parent: str | None = None  # a driver's parent run, left RUNNING
+        self._resumed_name: str | None = None  # the name of a run resumed by id
         # before MLflow's own exit handler (registered at its import), which would end the
         # runs an interrupt left open as FINISHED
         atexit.register(self._end_runs_if_interrupted)
@@ -247,6 +249,14 @@ class VariantRunsHook:
             uri = None
         if uri:
             prepare_tracking_store(str(uri), self._project_path)
+        # a run resumed by id (MLFLOW_RUN_ID: a driver's, or the user's) keeps its name,
+        # which kedro-mlflow would replace by this run's pipeline names
+        resumed = os.environ.get("MLFLOW_RUN_ID")
+        self._resumed_name = (
+            mlflow.MlflowClient(str(uri) if uri else None).get_run(resumed).info.run_name
+            if resumed
+            else None
+        )
 
     @hook_impl
     def after_catalog_created(self, catalog: CatalogProtocol) -> None:
@@ -261,6 +271,9 @@ class VariantRunsHook:
         commit = _git_commit(self._project_path)
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        cell = parse_cell_namespace(namespace)
+        if cell is not None:  # a study cell: its key lets later studies find it finished
+            tags[CELL_KEY_TAG] = cell_key(self._params, *cell)
         return tags
 
     def _open(self, namespace: str) -> None:
@@ -284,8 +297,8 @@ class VariantRunsHook:
         self._driven_parent = parent.info.run_id if driven else None
         tags = {} if driven else owner_tags()
         tags["runner"] = runner_name(str(run_params.get("runner")))
-        name = parent_run_name(run_params)
-        if parent.info.run_name != name and not driven:
+        name = self._resumed_name or parent_run_name(run_params)
+        if self._resumed_name or (parent.info.run_name != name and not driven):
             tags["mlflow.runName"] = name
         mlflow.set_tags(tags)
         client = mlflow.MlflowClient()
@@ -323,6 +336,9 @@ class VariantRunsHook:
         if not self._interrupted:
             return
         end_open_runs("KILLED")
+        # a driver's run is the driver's to end: one stopped step (a cell whose worker was
+        # killed, which Dask runs again elsewhere) does not end the study
+        self._keep_parent_running()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

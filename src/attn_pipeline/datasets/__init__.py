@@ -9,13 +9,16 @@ from .saved_state import (
     TrainingCheckpointsDataset,
     configuration_key,
 )
+from .study_cells import REUSED_CELL_TAG_PREFIX, MlflowStudyCellsDataset
 from .torch_dataset import PackagedTorchDataset, TorchDataset
 
 __all__ = [
     "CheckpointFolders",
     "IDXDataset",
     "IDXFormatError",
+    "MlflowStudyCellsDataset",
     "PackagedTorchDataset",
+    "REUSED_CELL_TAG_PREFIX",
     "ResultCache",
     "ResultCacheDataset",
     "TorchDataset",

@@ -78,6 +78,7 @@ HEADLINE_METRICS = ("nll_iw", "fid_proxy")
 #: that differ in any of these are not compared (the study refuses; the registry does not
 #: rank such versions against each other).
 MEASURED_WITH = {
+    "data_hash": "data (train, validation and test images)",
     "feature_extractor_hash": "feature extractors",
     "fid_n_samples": "FID-proxy sample counts N",
     "nll_iw_k": "importance sample counts K",

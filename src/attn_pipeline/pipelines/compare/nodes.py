@@ -22,6 +22,7 @@ from attn_pipeline.metrics.table import (
     StudyMetric,
 )
 from attn_pipeline.pipelines.train.nodes import train_model
+from attn_pipeline.study import cell_namespace
 
 
 def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
@@ -83,15 +84,36 @@ def summarise_run(
 
 
 def _check_comparable(runs: pd.DataFrame) -> None:
-    """Refuse figures measured differently: another extractor, N or K is another scale."""
+    """Refuse figures measured differently: other data, another extractor, N or K is
+    another scale. The message names the cells of each value."""
     for column, what in MEASURED_WITH.items():
-        values = sorted(set(runs[column]))
-        if len(values) > 1:
-            raise ValueError(
-                f"the study's runs were measured with different {what} ({values}): their "
-                "figures cannot share a table. Run the study again in one `kedro run` so "
-                "that every variant is evaluated the same way."
+        groups = runs.groupby(column, sort=True)
+        if groups.ngroups > 1:
+            cells = "; ".join(
+                f"{value}: " + ", ".join(f"{r.entry}_seed{r.seed}" for r in own.itertuples())
+                for value, own in groups
             )
+            raise ValueError(
+                f"the study's cells were measured with different {what} ({cells}): their "
+                "figures cannot share a table. Run those cells again with the same data "
+                "and settings (on every machine: the same raw files, code and parameters)."
+            )
+
+
+def compare_study_cells(
+    study: dict[str, Any], cells: dict[str, dict[str, Any]]
+) -> tuple[pd.DataFrame, pd.DataFrame, str, Figure, pd.DataFrame]:
+    """:func:`compare_variants` of the study ``study`` (``params:study``) from its cells'
+    rows as the tracking server holds them (``cells``: namespace -> row); every cell of
+    the study must be there."""
+    wanted = [cell_namespace(entry, seed) for seed in study["seeds"] for entry in study["variants"]]
+    missing = [name for name in wanted if name not in cells]
+    if missing:
+        raise ValueError(
+            f"the study's run has no finished cell {', '.join(missing)}: run `attn-study` "
+            "again with the same entries and seeds to make them"
+        )
+    return compare_variants(list(study["baselines"]), **{name: cells[name] for name in wanted})
 
 
 def paired_test(differences: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -6,17 +6,18 @@ from collections.abc import Collection, Sequence
 from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import data_prep, evaluate, feature_extractor, generate, train
+from attn_pipeline.study import cell_namespace, run_name
 
-from .nodes import compare_variants, study_train_model, summarise_cell
+from .nodes import compare_study_cells, compare_variants, study_train_model, summarise_cell
 
-
-def run_name(variant: str, seed: int) -> str:
-    return f"{variant}_seed{seed}"
-
-
-def cell_namespace(variant: str, seed: int) -> str:
-    """The namespace of one study cell (``kedro run --namespaces`` takes it)."""
-    return f"study.{run_name(variant, seed)}"
+#: What the comparison writes, whichever way its cells reach it.
+COMPARISON_OUTPUTS = [
+    "study_table",
+    "study_differences",
+    "study_table_markdown",
+    "study_chart",
+    "study_runs",
+]
 
 
 def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
@@ -59,13 +60,7 @@ def create_pipeline(
             "baselines": "params:study.baselines",
             **{run_name(v, s): f"{cell_namespace(v, s)}.summary" for v in variants for s in seeds},
         },
-        outputs=[
-            "study_table",
-            "study_differences",
-            "study_table_markdown",
-            "study_chart",
-            "study_runs",
-        ],
+        outputs=COMPARISON_OUTPUTS,
         name="compare_variants",
     )
     return (
@@ -73,4 +68,19 @@ def create_pipeline(
         + feature_extractor.create_pipeline()
         + sum(runs, start=Pipeline([]))
         + Pipeline([table])
+    )
+
+
+def create_report_pipeline() -> Pipeline:
+    """The comparison of a study whose cells ran as separate processes, perhaps on other
+    machines (``attn-study``): the cells' rows come from the tracking server alone."""
+    return Pipeline(
+        [
+            Node(
+                compare_study_cells,
+                inputs=["params:study", "study_cells"],
+                outputs=COMPARISON_OUTPUTS,
+                name="compare_study_cells",
+            )
+        ]
     )

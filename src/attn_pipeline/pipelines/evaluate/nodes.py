@@ -16,7 +16,12 @@ from attn_pipeline import metrics as metrics_package
 from attn_pipeline.binarization import evaluation_images, is_binarized
 from attn_pipeline.config import EvaluateConfig
 from attn_pipeline.datasets import ResultCache
-from attn_pipeline.fingerprints import source_fingerprint, state_fingerprint, tensor_fingerprint
+from attn_pipeline.fingerprints import (
+    combined_fingerprint,
+    source_fingerprint,
+    state_fingerprint,
+    tensor_fingerprint,
+)
 from attn_pipeline.metrics import (
     classifier_view,
     evaluate_reconstruction,
@@ -168,7 +173,14 @@ def _evaluate(
             f"{not_finite}: the model's outputs are not finite (a diverged training?). "
             "Nothing was written; retrain it with a lower train.learning_rate."
         )
+    trained_on = checkpoint.get("data") or {}
     description = {
+        # the images behind every figure: a study refuses to pair cells where it differs
+        "data_hash": combined_fingerprint(
+            trained_on.get("train_images"),
+            trained_on.get("val_images"),
+            tensor_fingerprint(test_set["images"]),
+        ),
         "feature_extractor_hash": feature_extractor["hash"],
         "feature_extractor_test_accuracy": feature_extractor["test_accuracy"],
         "fid_n_samples": n,

@@ -84,7 +84,11 @@ def train_model(
         "n_parameters": n_parameters,
         "train_config": train_config.model_dump(mode="json"),
         # what it was trained on: loading it for another data set is refused
-        "data": {DATASET: train_set.get(DATASET), "train_images": description["train_images"]},
+        "data": {
+            DATASET: train_set.get(DATASET),
+            "train_images": description["train_images"],
+            "val_images": description["val_images"],
+        },
     }
 
     def save_epoch(state: TrainingState) -> None:

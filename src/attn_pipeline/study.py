@@ -1,0 +1,58 @@
+"""What a study cell is: its name, its namespace and the key that identifies its result.
+
+A cell is one (entry, seed) pair of ``study``: the entry's model trained with the shared
+budget at that seed, evaluated and rendered. Its MLflow run carries :data:`CELL_KEY_TAG`,
+a hash of everything the cell's figures depend on, so that a study can find a cell that
+finished before (in an earlier study, on any machine) and not run it again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attn_pipeline
+from attn_pipeline.datasets.saved_state import configuration_key
+from attn_pipeline.fingerprints import source_fingerprint
+
+#: The MLflow tag holding a study cell's key (:func:`cell_key`).
+CELL_KEY_TAG = "attn_pipeline.cell_key"
+#: The parameter blocks every cell's figures depend on (beside its entry's model block).
+SHARED_BLOCKS = ("dataset", "data_prep", "feature_extractor", "train", "evaluate", "generate")
+
+_NAMESPACE = re.compile(r"^study\.(?P<entry>.+)_seed(?P<seed>\d+)$")
+
+
+def run_name(entry: str, seed: int) -> str:
+    return f"{entry}_seed{seed}"
+
+
+def cell_namespace(entry: str, seed: int) -> str:
+    """The namespace of one study cell (``kedro run --namespaces`` takes it)."""
+    return f"study.{run_name(entry, seed)}"
+
+
+def parse_cell_namespace(namespace: str) -> tuple[str, int] | None:
+    """(entry, seed) of a cell's namespace; None for any other namespace."""
+    match = _NAMESPACE.match(namespace)
+    return None if match is None else (match["entry"], int(match["seed"]))
+
+
+def cell_key(params: dict[str, Any], entry: str, seed: int) -> str:
+    """A hash of what the cell's figures depend on: the project's code, the data set and
+    its preparation, the extractor's settings, the entry's model, the budget at this seed
+    (``train.resume`` aside: it changes how, not what), the evaluation and the rendering.
+
+    ``params`` are the run's parameters as Kedro loads them. Two machines with the same
+    code and configuration give a cell the same key; the content hashes of the data and
+    extractor a cell actually used are recorded on its run and checked by the comparison.
+    """
+    train = {k: v for k, v in dict(params.get("train") or {}).items() if k != "resume"}
+    description = {
+        "entry": entry,
+        "code": source_fingerprint(attn_pipeline),
+        **{block: params.get(block) for block in SHARED_BLOCKS},
+        "train": {**train, "seed": seed},
+        "model": (params.get(entry) or {}).get("model"),
+    }
+    return configuration_key(description)
