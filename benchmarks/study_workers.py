@@ -1,13 +1,14 @@
-"""Study throughput with cells side by side: `attn-study` on the real data with the default
-budget, the same number of cells once with 1 worker (all cores in one process) and once
-with `--workers N`; reports cells per hour of each and their ratio.
+"""Study throughput with cells side by side: `attn-study` (its Dask LocalCluster) on the real
+data with the default budget, the same number of cells once with 1 worker (all cores in
+one process) and once with `--workers N`; reports cells per hour of each and their ratio,
+then the time `attn-study` takes again once every cell is finished (nothing left to run).
 
 Each configuration trains its own seeds (10, 11, ... and then the next ones), so neither
 reuses the other's saved epochs or evaluations. Runs in throw-away copies of this project
 (its conf, its prepared data and stored feature extractor). Needs `kedro run` to have
 prepared the data and the extractor once.
 
-    .venv/bin/python -m benchmarks.study_workers [--entry none] [--cells 2] [--workers 2]
+    .venv/bin/python -m benchmarks.study_workers [--entry none] [--cells 4] [--workers 2]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,9 +40,9 @@ def _copy(root: Path, entry: str, seeds: list[int]) -> Path:
     return root
 
 
-def _cells_per_hour(project: Path, workers: int) -> tuple[float, str]:
+def _attn_study(project: Path, workers: int) -> subprocess.CompletedProcess:
     out = subprocess.run(
-        [ATTN_STUDY, "--workers", str(workers)],
+        [ATTN_STUDY, "--workers", str(workers), "--dashboard", "none"],
         cwd=project,
         env={
             **os.environ,
@@ -53,15 +55,20 @@ def _cells_per_hour(project: Path, workers: int) -> tuple[float, str]:
     )
     if out.returncode != 0:
         sys.exit(out.stderr[-3000:])
+    return out
+
+
+def _cells_per_hour(project: Path, workers: int) -> tuple[float, str]:
+    out = _attn_study(project, workers)
     line = re.search(r"study: (\d+) cells in ([\d.]+) min, ([\d.]+) cells per hour", out.stderr)
-    plan = re.search(r"study: \d+ cells, (\d+ at a time with \d+ thread\(s\) each)", out.stderr)
+    plan = re.search(r"study: (\d+ at a time with \d+ thread\(s\) each)", out.stderr)
     return float(line.group(3)), f"{line.group(1)} cells in {line.group(2)} min, {plan.group(1)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entry", default="none")
-    parser.add_argument("--cells", type=int, default=2)
+    parser.add_argument("--cells", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if not (PROJECT / "data" / "05_model_input").is_dir():
@@ -75,6 +82,9 @@ def main() -> None:
             project = _copy(Path(scratch) / f"workers{workers}", args.entry, seeds)
             results[workers], described = _cells_per_hour(project, workers)
             print(f"workers {workers}: {described}: {results[workers]:.1f} cells per hour")
+        started = time.monotonic()
+        _attn_study(project, args.workers)  # every cell finished: found on MLflow
+        print(f"the same study again, every cell finished: {time.monotonic() - started:.1f} s")
     ratio = results[args.workers] / results[1]
     print(f"throughput of {args.workers} workers / 1 worker: {ratio:.2f}")
 

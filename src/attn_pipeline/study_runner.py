@@ -313,6 +313,8 @@ class _Plan:
     dataset: str
     shared_nodes: tuple[str, ...]
     gpus: int
+    #: what each cell asks of a worker: ``GPU: 1`` where ``train.device`` is ``cuda``
+    resources: dict[str, float] | None
 
 
 def _plan(
@@ -356,6 +358,7 @@ def _plan(
                 f"entries {unknown} have no '<name>.model' block in "
                 "conf/base/parameters_train.yml: add one or leave them out"
             )
+        device = TrainConfig.model_validate(params.get("train", {})).device
         shared = tuple(
             node.name
             for node in pipelines["compare"].nodes  # built from this session's parameters
@@ -369,7 +372,8 @@ def _plan(
             experiment=context.mlflow.tracking.experiment.name,
             dataset=str(params.get("dataset", "")),
             shared_nodes=shared,
-            gpus=_gpus(TrainConfig.model_validate(params.get("train", {})).device),
+            gpus=_gpus(device),
+            resources={"GPU": 1} if device == "cuda" else None,
         )
 
 
@@ -403,9 +407,15 @@ def finished_cells(
     return found
 
 
-def _dask_client(scheduler: str | None, processes: int, dashboard: str | None):
+def _dask_client(
+    scheduler: str | None,
+    processes: int,
+    dashboard: str | None,
+    resources: dict[str, float] | None = None,
+):
     """A Dask client: of the cluster at ``scheduler``, or of a new LocalCluster of
-    ``processes`` one-thread worker processes on this machine."""
+    ``processes`` one-thread worker processes on this machine, each offering
+    ``resources`` (the cells ask for them)."""
     if scheduler:
         return Client(scheduler), None
     cluster = LocalCluster(
@@ -413,17 +423,22 @@ def _dask_client(scheduler: str | None, processes: int, dashboard: str | None):
         threads_per_worker=1,
         processes=True,
         dashboard_address=dashboard,
+        resources=resources,
     )
     return Client(cluster), cluster
 
 
 def _run_cells(
-    jobs: list[CellJob], scheduler: str | None, processes: int, dashboard: str | None
+    jobs: list[CellJob],
+    scheduler: str | None,
+    processes: int,
+    dashboard: str | None,
+    resources: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """Run ``jobs`` on Dask; namespace -> what became of it (``done``, ``FAILED ...``,
     ``stopped ...``, ``not started ...``). Raises :class:`StudyStopped` after stopping the
     cells when the study is stopped."""
-    client, cluster = _dask_client(scheduler, processes, dashboard)
+    client, cluster = _dask_client(scheduler, processes, dashboard, resources)
     outcomes: dict[str, str] = {}
     study_run_id = jobs[0].study_run_id
     try:
@@ -434,7 +449,13 @@ def _run_cells(
             f"; progress at {client.dashboard_link}" if scheduler or dashboard else "",
         )
         futures = {
-            client.submit(run_cell, job, key=f"{job.namespace}-{study_run_id}", pure=False): job
+            client.submit(
+                run_cell,
+                job,
+                key=f"{job.namespace}-{study_run_id}",
+                pure=False,
+                resources=resources,  # GPU cells go to workers that offer a GPU
+            ): job
             for job in jobs
         }
         try:
@@ -536,7 +557,7 @@ def run_study(
                 logger.info("study: %d at a time with %d thread(s) each", processes, threads)
                 jobs = [_with_threads(job, threads) for job in jobs]
             cells_started = time.monotonic()
-            outcomes = _run_cells(jobs, scheduler, processes, dashboard)
+            outcomes = _run_cells(jobs, scheduler, processes, dashboard, plan.resources)
             hours = (time.monotonic() - cells_started) / 3600
             logger.info(
                 "study: %d cells in %.1f min, %.1f cells per hour",
