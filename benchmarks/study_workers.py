@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--entry", default="none")
     parser.add_argument("--cells", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--only", type=int, help="run only this number of workers (no ratio is printed)"
+    )
     args = parser.parse_args()
     if not (PROJECT / "data" / "05_model_input").is_dir():
         sys.exit("no prepared data: run `kedro run` first")
@@ -77,7 +80,7 @@ def main() -> None:
     print(*[line for line in cpu.splitlines() if "Model name" in line or "avx512" in line])
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
-        for i, workers in enumerate((1, args.workers)):
+        for i, workers in enumerate((1, args.workers) if args.only is None else (args.only,)):
             seeds = list(range(10 + i * args.cells, 10 + (i + 1) * args.cells))
             project = _copy(Path(scratch) / f"workers{workers}", args.entry, seeds)
             results[workers], described = _cells_per_hour(project, workers)
@@ -85,6 +88,8 @@ def main() -> None:
         started = time.monotonic()
         _attn_study(project, args.workers)  # every cell finished: found on MLflow
         print(f"the same study again, every cell finished: {time.monotonic() - started:.1f} s")
+    if args.only is not None:
+        return
     ratio = results[args.workers] / results[1]
     print(f"throughput of {args.workers} workers / 1 worker: {ratio:.2f}")
 

@@ -428,6 +428,12 @@ def _dask_client(
     return Client(cluster), cluster
 
 
+def _cell_slots(client: Client) -> int:
+    """Cells the cluster runs at once: its workers' threads (a cell per thread)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return max(1, sum(worker["nthreads"] for worker in workers))
+
+
 def _run_cells(
     jobs: list[CellJob],
     scheduler: str | None,
@@ -448,18 +454,29 @@ def _run_cells(
             len(client.scheduler_info(n_workers=-1)["workers"]),
             f"; progress at {client.dashboard_link}" if scheduler or dashboard else "",
         )
-        futures = {
-            client.submit(
-                run_cell,
-                job,
-                key=f"{job.namespace}-{study_run_id}",
-                pure=False,
-                resources=resources,  # GPU cells go to workers that offer a GPU
-            ): job
-            for job in jobs
-        }
+        # Dask assigns a small group of tasks to workers at once, more than they have
+        # threads, and a cell of minutes then waits behind another while a worker idles:
+        # the scheduler gets as many cells as the cluster has threads, the next as one ends
+        queued = list(jobs)
+        futures: dict[Any, CellJob] = {}
+        running = as_completed()
+
+        def top_up() -> None:
+            while queued and running.count() < _cell_slots(client):
+                job = queued.pop(0)
+                future = client.submit(
+                    run_cell,
+                    job,
+                    key=f"{job.namespace}-{study_run_id}",
+                    pure=False,
+                    resources=resources,  # GPU cells go to workers that offer a GPU
+                )
+                futures[future] = job
+                running.add(future)
+
+        top_up()
         try:
-            for future in as_completed(futures):
+            for future in running:
                 namespace = futures[future].namespace
                 if future.status == "error":
                     outcomes[namespace] = f"FAILED ({future.exception()})"
@@ -472,6 +489,7 @@ def _run_cells(
                         f"on {outcome.host}"
                     )
                 logger.info("study: %s %s", namespace, outcomes[namespace])
+                top_up()
         except StudyStopped:
             client.cancel(list(futures))
             try:
