@@ -1,6 +1,6 @@
 """Screenshots a study's runs in the MLflow UI of a running tracking server: the experiment's
-runs table with the study's parent run `compare` expanded (its cells as child runs, with
-the host and process that ran each), then the parent's artifacts (the comparison).
+runs table with the newest study run `compare` that has cells expanded (its cells as child
+runs).
 
 Needs Playwright and a Chromium, as docs/kedro_viz_screenshots.py says.
 
@@ -37,9 +37,11 @@ def main() -> None:
         time.sleep(4)
         page.get_by_text(args.experiment, exact=True).first.click()
         time.sleep(8)
+        # the newest study run with children (a study whose cells were all reused has none)
         parent = page.locator(
-            "[role='row'][row-index]", has=page.get_by_role("link", name=args.parent)
-        )
+            "[role='row'][row-index]",
+            has=page.get_by_role("link", name=args.parent, exact=True),
+        ).filter(has=page.locator("button"))
         parent.first.locator("button").first.click()
         time.sleep(4)
         links = page.locator("[role='row'] a").all_text_contents()
