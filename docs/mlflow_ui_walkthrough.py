@@ -36,7 +36,8 @@ def _step(page: Page, out: Path, number: int, what: str, ok: bool) -> None:
         raise SystemExit(1)
 
 
-def walk(page: Page, base: str, experiment: str, parent: str, out: Path) -> None:
+def open_experiment(page: Page, base: str, experiment: str) -> None:
+    """From the UI's home page to the experiment's runs, as the README's walkthrough says."""
     page.goto(base)
     page.wait_for_load_state("load")
     time.sleep(6)
@@ -46,6 +47,10 @@ def walk(page: Page, base: str, experiment: str, parent: str, out: Path) -> None
     time.sleep(4)
     page.get_by_text(experiment, exact=True).first.click()
     time.sleep(8)
+
+
+def walk(page: Page, base: str, experiment: str, parent: str, out: Path) -> None:
+    open_experiment(page, base, experiment)
     opened_on_runs = "matching runs" in page.inner_text("body")  # the runs table's footer
     _step(page, out, 1, f"{experiment} opens on its Runs ({page.url})", opened_on_runs)
 

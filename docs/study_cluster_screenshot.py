@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mlflow_ui_walkthrough import open_experiment  # beside this script
 from playwright.sync_api import sync_playwright
 
 
@@ -28,15 +29,7 @@ def main() -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 900})
-        page.goto(args.server)
-        page.wait_for_load_state("load")
-        time.sleep(6)
-        page.get_by_text("Model training", exact=True).first.click()
-        time.sleep(3)
-        page.get_by_text("Experiments", exact=True).first.click()
-        time.sleep(4)
-        page.get_by_text(args.experiment, exact=True).first.click()
-        time.sleep(8)
+        open_experiment(page, args.server, args.experiment)
         # the newest study run with children (a study whose cells were all reused has none)
         parent = page.locator(
             "[role='row'][row-index]",

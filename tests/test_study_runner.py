@@ -364,6 +364,11 @@ def test_a_study_of_concurrent_cells_against_a_tracking_server(
     ]
 
 
+def _study_on(address: str) -> tuple[str, ...]:
+    """The two-machine study's command line: the cells come from it, not the configuration."""
+    return ("--scheduler", address, "--seeds", "0-1", "--entries", "none,spatial_gate")
+
+
 def _dask_scheduler(tmp_path: Path) -> tuple[str, subprocess.Popen]:
     port = _free_port()
     scheduler = subprocess.Popen(
@@ -452,16 +457,7 @@ def test_a_study_on_two_machines_sharing_only_the_tracking_server(
             target=_kill_the_worker_of_the_first_cell, args=(machines[0], killed)
         )
         killer.start()
-        out = _attn_study(
-            client_project,
-            tracking_server,
-            "--scheduler",
-            address,
-            "--seeds",
-            "0-1",
-            "--entries",
-            "none,spatial_gate",
-        )
+        out = _attn_study(client_project, tracking_server, *_study_on(address))
         killer.join()
         assert out.returncode == 0, out.stderr[-5000:]
         assert killed, "no cell was seen training on machine_a"
@@ -517,16 +513,7 @@ def _resume_starts_no_cell(
         for project in machines
         for p in (project / "data/08_reporting/mnist/study/logs").glob("*.log")
     }
-    again = _attn_study(
-        client_project,
-        tracking_server,
-        "--scheduler",
-        address,
-        "--seeds",
-        "0-1",
-        "--entries",
-        "none,spatial_gate",
-    )
+    again = _attn_study(client_project, tracking_server, *_study_on(address))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 cells, 4 finished before (reused), 0 to run" in again.stderr
     assert "Dask scheduler" not in again.stderr  # no cell was submitted
