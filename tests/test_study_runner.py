@@ -27,8 +27,8 @@ import yaml
 
 from attn_pipeline.config import StudyConfig
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock, output_groups
-from attn_pipeline.study import CELL_KEY_TAG
-from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers, study_cells
+from attn_pipeline.study import CELL_KEY_TAG, study_cells
+from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers
 from tests.conftest import TINY_RUN, write_raw_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_cells_run_seed_by_seed() -> None:
     """Every entry of a seed is queued before the next seed: a study stopped part way
     leaves whole seeds for the paired comparison."""
     study = StudyConfig(variants=["none", "latent"], seeds=[3, 1], baselines=["none"])
-    assert study_cells(study) == [
+    assert [namespace for _, _, namespace in study_cells(study.variants, study.seeds)] == [
         "study.none_seed3",
         "study.latent_seed3",
         "study.none_seed1",

@@ -8,7 +8,9 @@ finished before (in an earlier study, on any machine) and not run it again.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import attn_pipeline
@@ -32,10 +34,23 @@ def cell_namespace(entry: str, seed: int) -> str:
     return f"study.{run_name(entry, seed)}"
 
 
+def study_cells(entries: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int, str]]:
+    """(entry, seed, namespace) of every cell, seed by seed (every entry at the first seed,
+    then every entry at the next): a study stopped part way leaves whole seeds, which pair
+    with each other in the comparison."""
+    return [(entry, seed, cell_namespace(entry, seed)) for seed in seeds for entry in entries]
+
+
 def parse_cell_namespace(namespace: str) -> tuple[str, int] | None:
     """(entry, seed) of a cell's namespace; None for any other namespace."""
     match = _NAMESPACE.match(namespace)
     return None if match is None else (match["entry"], int(match["seed"]))
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """The package's source hash, read once per process (every cell's key holds it)."""
+    return source_fingerprint(attn_pipeline)
 
 
 def cell_key(params: dict[str, Any], entry: str, seed: int) -> str:
@@ -50,7 +65,7 @@ def cell_key(params: dict[str, Any], entry: str, seed: int) -> str:
     train = {k: v for k, v in dict(params.get("train") or {}).items() if k != "resume"}
     description = {
         "entry": entry,
-        "code": source_fingerprint(attn_pipeline),
+        "code": _code_fingerprint(),
         **{block: params.get(block) for block in SHARED_BLOCKS},
         "train": {**train, "seed": seed},
         "model": (params.get(entry) or {}).get("model"),

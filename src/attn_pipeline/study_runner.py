@@ -54,7 +54,7 @@ from kedro.framework.startup import bootstrap_project
 from attn_pipeline.config import ConfigError, StudyConfig, TrainConfig
 from attn_pipeline.datasets import REUSED_CELL_TAG_PREFIX
 from attn_pipeline.run_guard import sqlite_path
-from attn_pipeline.study import CELL_KEY_TAG, cell_key, cell_namespace
+from attn_pipeline.study import CELL_KEY_TAG, cell_key, study_cells
 from attn_pipeline.tracking import PARENT_STAYS_RUNNING, owner_tags
 
 logger = logging.getLogger("attn_pipeline.study")
@@ -102,13 +102,6 @@ def parse_entries(text: str) -> list[str]:
     if not entries:
         raise argparse.ArgumentTypeError(f"entries {text!r}: give names such as none,latent")
     return entries
-
-
-def study_cells(study: StudyConfig) -> list[str]:
-    """The namespaces of the study's cells, seed by seed (every entry at the first seed,
-    then every entry at the next): a study stopped part way leaves whole seeds, which
-    pair with each other in the comparison."""
-    return [cell_namespace(entry, seed) for seed in study.seeds for entry in study.variants]
 
 
 # ---- on a worker -------------------------------------------------------------------------
@@ -306,7 +299,6 @@ def _absolute_tracking_uri(uri: str, project: Path) -> str:
 @dataclass
 class _Plan:
     study: StudyConfig
-    baselines: list[str]
     params: dict[str, Any]
     tracking_uri: str
     experiment: str
@@ -366,7 +358,6 @@ def _plan(
         )
         return _Plan(
             study=study,
-            baselines=list(study.baselines),
             params=params,
             tracking_uri=_absolute_tracking_uri(context.mlflow.server.mlflow_tracking_uri, project),
             experiment=context.mlflow.tracking.experiment.name,
@@ -538,14 +529,15 @@ def run_study(
     experiment_id = client.get_run(study_run_id).info.experiment_id
     started = time.monotonic()
     try:
-        keys = {
-            cell_namespace(entry, seed): cell_key(plan.params, entry, seed)
-            for seed in study.seeds
-            for entry in study.variants
-        }
+        cells = study_cells(study.variants, study.seeds)
+        keys = {namespace: cell_key(plan.params, entry, seed) for entry, seed, namespace in cells}
         reused = finished_cells(client, experiment_id, keys)
         for namespace, run_id in reused.items():
             client.set_tag(study_run_id, REUSED_CELL_TAG_PREFIX + namespace, run_id)
+        to_run = [cell for cell in cells if cell[2] not in reused]
+        processes, threads = plan_workers(
+            study.workers, len(to_run), os.cpu_count() or 1, plan.gpus
+        )
         jobs = [
             CellJob(
                 namespace=namespace,
@@ -555,14 +547,12 @@ def run_study(
                 tracking_uri=plan.tracking_uri,
                 dataset=plan.dataset,
                 env=env,
-                threads=None,
+                # on an existing cluster, the worker's own OMP_NUM_THREADS
+                threads=None if scheduler else threads,
                 shared_nodes=plan.shared_nodes,
             )
-            for seed in study.seeds
-            for entry in study.variants
-            if (namespace := cell_namespace(entry, seed)) not in reused
+            for entry, seed, namespace in to_run
         ]
-        processes, threads = plan_workers(study.workers, len(jobs), os.cpu_count() or 1, plan.gpus)
         logger.info(
             "study: %d cells, %d finished before (reused), %d to run; MLflow run %s",
             len(keys),
@@ -573,7 +563,6 @@ def run_study(
         if jobs:
             if not scheduler:
                 logger.info("study: %d at a time with %d thread(s) each", processes, threads)
-                jobs = [_with_threads(job, threads) for job in jobs]
             cells_started = time.monotonic()
             outcomes = _run_cells(jobs, scheduler, processes, dashboard, plan.resources)
             hours = (time.monotonic() - cells_started) / 3600
@@ -601,7 +590,7 @@ def run_study(
                 "MLFLOW_TRACKING_URI": plan.tracking_uri,
                 "MLFLOW_RUN_ID": study_run_id,
             },
-            _study_override(study.variants, study.seeds, plan.baselines),
+            _study_override(study.variants, study.seeds, study.baselines),
         )
         if code != 0:
             logger.error("study: the comparison failed (output above)")
@@ -613,10 +602,6 @@ def run_study(
         return 128 + stop.signum
     logger.info("study: finished in %.1f min", (time.monotonic() - started) / 60)
     return 0
-
-
-def _with_threads(job: CellJob, threads: int) -> CellJob:
-    return CellJob(**{**job.__dict__, "threads": threads})
 
 
 def _gpus(device: str) -> int:

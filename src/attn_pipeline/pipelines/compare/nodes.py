@@ -22,7 +22,7 @@ from attn_pipeline.metrics.table import (
     StudyMetric,
 )
 from attn_pipeline.pipelines.train.nodes import train_model
-from attn_pipeline.study import cell_namespace
+from attn_pipeline.study import study_cells
 
 
 def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
@@ -106,7 +106,7 @@ def compare_study_cells(
     """:func:`compare_variants` of the study ``study`` (``params:study``) from its cells'
     rows as the tracking server holds them (``cells``: namespace -> row); every cell of
     the study must be there."""
-    wanted = [cell_namespace(entry, seed) for seed in study["seeds"] for entry in study["variants"]]
+    wanted = [namespace for _, _, namespace in study_cells(study["variants"], study["seeds"])]
     missing = [name for name in wanted if name not in cells]
     if missing:
         raise ValueError(
