@@ -136,3 +136,55 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed_by_the_next_run
     assert {status[run_id] for run_id in orphaned} == {"KILLED"}
     assert status[foreign] == "RUNNING"
     assert {s for run_id, s in status.items() if run_id not in orphaned | {foreign}} == {"FINISHED"}
+
+
+#: Imported first by the run's interpreter: ending a run KILLED takes three seconds, after
+#: leaving a file that says the ending has begun, so that a second signal lands inside it.
+SLOW_KILLED_ENDING = """
+import os, pathlib, time
+import mlflow
+_end_run = mlflow.end_run
+def _slow(status="FINISHED"):
+    if status == "KILLED":
+        pathlib.Path(os.environ["ENDING_BEGUN"]).touch()
+        time.sleep(3)
+    return _end_run(status)
+mlflow.end_run = _slow
+"""
+
+
+def test_a_second_signal_does_not_cut_short_a_driven_steps_ending(tmp_path: Path) -> None:
+    """A step of a driver's run (a study cell: the driver's parent run by MLFLOW_RUN_ID)
+    gets SIGTERM twice, as a cell does when its Dask worker dies (the death signal, then the
+    worker's own SIGTERM), the second while the runs are being ended: the step's runs all
+    end KILLED, and the driver's run is left RUNNING for the driver to end."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    project = _project_copy(tmp_path / "project")
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("attn_pipeline_mnist")).info.run_id
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_KILLED_ENDING)
+    begun = tmp_path / "ending_begun"
+    process = _start(
+        project,
+        uri,
+        LONG_TRAINING,
+        MLFLOW_RUN_ID=parent,
+        ATTN_PIPELINE_PARENT_STAYS_RUNNING="1",
+        PYTHONPATH=str(hooks),
+        ENDING_BEGUN=str(begun),
+    )
+    _wait_for_training(uri, process)
+    process.send_signal(signal.SIGTERM)
+    deadline = time.time() + 60
+    while not begun.exists():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.time() < deadline, "the runs were never ended"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    status = {r.info.run_id: r.info.status for r in _runs(uri)}
+    assert status.pop(parent) == "RUNNING"
+    assert status and set(status.values()) == {"KILLED"}, output[-3000:]

@@ -173,9 +173,10 @@ class FlatParamsMlflowHook(MlflowHook):
         super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
 
 
-def end_open_runs(status: str = "KILLED") -> None:
-    """End every run this process has open (children first, then the parent)."""
-    while mlflow.active_run() is not None:
+def end_open_runs(status: str = "KILLED", keep: str | None = None) -> None:
+    """End every run this process has open (children first, then the parent), up to the
+    run ``keep`` (a driver's parent, which its driver ends), left open and untouched."""
+    while (run := mlflow.active_run()) is not None and run.info.run_id != keep:
         mlflow.end_run(status)
 
 
@@ -318,6 +319,10 @@ class VariantRunsHook:
             return  # signal handlers can only be set from the main thread
 
         def interrupted(signum: int, frame: Any) -> None:
+            if self._interrupted:
+                # once: a second signal (a Dask worker's SIGTERM after the one its death
+                # sends, a second Ctrl-C) must not cut short the ending of the runs
+                return
             logger.error("%s: the open MLflow runs end as KILLED", signal.strsignal(signum))
             self._activated.clear()
             self._interrupted = signum
@@ -335,9 +340,9 @@ class VariantRunsHook:
         FINISHED."""
         if not self._interrupted:
             return
-        end_open_runs("KILLED")
         # a driver's run is the driver's to end: one stopped step (a cell whose worker was
         # killed, which Dask runs again elsewhere) does not end the study
+        end_open_runs("KILLED", keep=self._driven_parent)
         self._keep_parent_running()
         logging.shutdown()
         sys.stdout.flush()
