@@ -13,6 +13,7 @@ from attn_pipeline.metrics import (
     class_statistics,
     frechet_distance,
     kernel_distance,
+    kth_neighbour_radii,
     precision_recall,
 )
 
@@ -95,6 +96,11 @@ def test_precision_recall_match_a_brute_force_reference() -> None:
     assert (same.precision, same.recall) == (1.0, 1.0)
     far = precision_recall(real, real + 100.0, k=3)
     assert (far.precision, far.recall) == (0.0, 0.0)
+    # the real set's radii measured once (a test set shared by many models): the same figures
+    radii = kth_neighbour_radii(real, 3, chunk=37)
+    assert precision_recall(real, fake, k=3, real_radii=radii) == result
+    with pytest.raises(ValueError, match="one radius per real sample"):
+        precision_recall(real, fake, k=3, real_radii=radii[:-1])
 
 
 def test_class_statistics() -> None:

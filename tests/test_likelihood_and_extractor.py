@@ -6,12 +6,24 @@ import pytest
 import torch
 
 from attn_pipeline.binarization import evaluation_images, is_binarized
-from attn_pipeline.config import DataPrepConfig, FeatureExtractorConfig, ModelConfig, TrainConfig
+from attn_pipeline.config import (
+    DataPrepConfig,
+    EvaluateConfig,
+    FeatureExtractorConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from attn_pipeline.datasets import ResultCache
 from attn_pipeline.metrics import evaluate_reconstruction, importance_weighted_nll
 from attn_pipeline.models import build_vae
+from attn_pipeline.models.checkpoint import make_checkpoint
 from attn_pipeline.models.classifier import state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import split_training_file
-from attn_pipeline.pipelines.evaluate.nodes import nll_subset
+from attn_pipeline.pipelines.evaluate.nodes import (
+    evaluate_model,
+    measure_real_images,
+    nll_subset,
+)
 from attn_pipeline.pipelines.feature_extractor import nodes as extractor_nodes
 from attn_pipeline.training import fit
 from tests.conftest import digit_like_images
@@ -152,3 +164,29 @@ def _tiny_model() -> torch.nn.Module:
     from attn_pipeline.models.classifier import FeatureClassifier  # noqa: PLC0415
 
     return FeatureClassifier(image_channels=1, feature_dim=16).eval()
+
+
+def test_the_test_images_are_measured_once_and_never_for_other_settings(tmp_path) -> None:
+    """measure_real_images (a run's shared step) gives what the evaluation would measure
+    itself: one measure serves every model; one made with another N (a shared step of other
+    settings) is measured again, so the figures are those of the evaluation's own N."""
+    train, test = _split(300), _split(120, seed=1)
+    extractor, _ = extractor_nodes.ensure_feature_extractor(
+        None, None, train, test, FeatureExtractorConfig(epochs=1, batch_size=50), "mnist"
+    )
+    torch.manual_seed(0)
+    config = ModelConfig(variant="none", latent_dim=4)
+    checkpoint = make_checkpoint(config, build_vae(config).state_dict())
+    settings = EvaluateConfig(
+        n_samples=100, nll_samples=2, nll_images=10, kid_subsets=3, kid_subset_size=20
+    )
+    shared = measure_real_images(test, extractor, settings)
+    assert shared["features"].shape == (100, 128) and shared["radii"].shape == (100,)
+
+    def evaluate(real: dict, folder: str) -> dict[str, float]:
+        cache = ResultCache(tmp_path / folder)
+        return evaluate_model(checkpoint, test, extractor, real, settings, cache)[0]
+
+    other_n = measure_real_images(test, extractor, settings.model_copy(update={"n_samples": 50}))
+    assert evaluate(shared, "a") == evaluate(other_n, "b")
+    assert evaluate(shared, "a")["test/precision"] == evaluate(shared, "c")["test/precision"]

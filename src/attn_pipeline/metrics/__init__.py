@@ -5,13 +5,24 @@ from .feature_distances import (
     class_statistics,
     frechet_distance,
     kernel_distance,
+    kth_neighbour_radii,
     precision_recall,
 )
-from .generation import classifier_view, generation_metrics, prior_samples, reconstructions
+from .generation import (
+    ClassifierView,
+    RealImages,
+    classifier_view,
+    generation_metrics,
+    prior_samples,
+    real_images,
+    reconstructions,
+)
 from .likelihood import importance_weighted_nll
 from .steering import steerable, steering_metrics
 
 __all__ = [
+    "ClassifierView",
+    "RealImages",
     "ReconstructionMetrics",
     "class_statistics",
     "classifier_view",
@@ -20,8 +31,10 @@ __all__ = [
     "generation_metrics",
     "importance_weighted_nll",
     "kernel_distance",
+    "kth_neighbour_radii",
     "precision_recall",
     "prior_samples",
+    "real_images",
     "reconstructions",
     "steerable",
     "steering_metrics",

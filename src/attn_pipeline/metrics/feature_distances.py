@@ -97,8 +97,13 @@ def kernel_distance(
     return KernelDistance(mean=float(values.mean()), std=std)
 
 
-def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row. ``(N, d) -> (N,)``."""
+def kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance (float64) from each row to its k-th nearest other row: the radii of the
+    k-NN balls whose union is the set's manifold in :func:`precision_recall`.
+    ``(N, d) -> (N,)``."""
+    features = _float64(features)
+    if len(features) <= k:
+        raise ValueError(f"k-th neighbour radii with k={k} need more than {k} samples")
     radii = []
     for start in range(0, len(features), chunk):
         distances = torch.cdist(features[start : start + chunk], features)
@@ -125,19 +130,33 @@ class PrecisionRecall:
 
 
 def precision_recall(
-    real: torch.Tensor, generated: torch.Tensor, *, k: int = 3, chunk: int = 1024
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    *,
+    k: int = 3,
+    chunk: int = 1024,
+    real_radii: torch.Tensor | None = None,
 ) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN manifolds.
 
     Precision: the fraction of generated samples inside the real manifold (the union of
     balls around each real sample reaching its k-th nearest real neighbour); recall: the
     fraction of real samples inside the generated manifold. Shapes: ``(N, d), (M, d)``.
+    ``real_radii`` ``(N,)``: :func:`kth_neighbour_radii` of ``real`` with this ``k``,
+    computed once for a test set that many models are measured against.
     """
     real64, gen64 = _float64(real), _float64(generated)
     if len(real64) <= k or len(gen64) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples in each set")
-    real_radii = _kth_neighbour_radii(real64, k, chunk)
-    gen_radii = _kth_neighbour_radii(gen64, k, chunk)
+    if real_radii is None:
+        real_radii = kth_neighbour_radii(real64, k, chunk)
+    elif real_radii.shape != (len(real64),):
+        raise ValueError(
+            f"real_radii has shape {tuple(real_radii.shape)}, not ({len(real64)},): one "
+            "radius per real sample"
+        )
+    real_radii = real_radii.to(torch.float64)
+    gen_radii = kth_neighbour_radii(gen64, k, chunk)
     return PrecisionRecall(
         precision=_fraction_in_manifold(gen64, real64, real_radii, chunk),
         recall=_fraction_in_manifold(real64, gen64, gen_radii, chunk),

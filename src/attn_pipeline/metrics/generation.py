@@ -13,6 +13,7 @@ from .feature_distances import (
     class_statistics,
     frechet_distance,
     kernel_distance,
+    kth_neighbour_radii,
     precision_recall,
 )
 
@@ -37,6 +38,23 @@ def classifier_view(
         features.append(h.cpu())
         probabilities.append(torch.softmax(extractor.head(h), dim=1).cpu())
     return ClassifierView(torch.cat(features), torch.cat(probabilities))
+
+
+@dataclass(frozen=True)
+class RealImages:
+    """What the metrics compare every model with, computed once per extractor and image
+    set (the test set's first N): the images' view, and each one's k-th nearest-neighbour
+    radius among them (the real manifold of precision/recall)."""
+
+    view: ClassifierView
+    radii: torch.Tensor  # (N,) float64
+    k: int
+
+
+def real_images(extractor: FeatureClassifier, images: torch.Tensor, *, k: int) -> RealImages:
+    """:class:`RealImages` of ``images (N, C, H, W)`` in [0, 1]."""
+    view = classifier_view(extractor, images)
+    return RealImages(view=view, radii=kth_neighbour_radii(view.features, k), k=k)
 
 
 @torch.no_grad()
@@ -65,29 +83,28 @@ def reconstructions(model: VAE, images: torch.Tensor, batch_size: int = 1000) ->
 
 
 def generation_metrics(
-    real: ClassifierView,
+    real: RealImages,
     samples: ClassifierView,
     recon: ClassifierView,
     *,
     kid_subsets: int,
     kid_subset_size: int,
-    k: int,
     seed: int,
 ) -> dict[str, float]:
-    """The FID-proxy of samples and of reconstructions, the KID-proxy, precision, recall,
-    sample confidence and class coverage (names without the ``test/`` prefix)."""
+    """The FID-proxy of samples and of reconstructions, the KID-proxy, precision, recall
+    (with ``real``'s k), sample confidence and class coverage (names without ``test/``)."""
     kid = kernel_distance(
         samples.features,
-        real.features,
+        real.view.features,
         subsets=kid_subsets,
         subset_size=kid_subset_size,
         seed=seed,
     )
-    pr = precision_recall(real.features, samples.features, k=k)
+    pr = precision_recall(real.view.features, samples.features, k=real.k, real_radii=real.radii)
     confidence, coverage = class_statistics(samples.probabilities)
     return {
-        "fid_proxy": frechet_distance(samples.features, real.features),
-        "fid_proxy_recon": frechet_distance(recon.features, real.features),
+        "fid_proxy": frechet_distance(samples.features, real.view.features),
+        "fid_proxy_recon": frechet_distance(recon.features, real.view.features),
         "kid_proxy": kid.mean,
         "kid_proxy_std": kid.std,
         "precision": pr.precision,

@@ -5,7 +5,7 @@ from collections.abc import Collection, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from attn_pipeline.pipelines import data_prep, evaluate, feature_extractor, generate, train
+from attn_pipeline.pipelines import data_prep, evaluate, generate, train
 from attn_pipeline.study import cell_namespace, run_name
 
 from .nodes import compare_study_cells, compare_variants, study_train_model, summarise_cell
@@ -40,7 +40,7 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     return Pipeline(
         template,
         namespace=cell_namespace(variant, seed),
-        inputs={"train_set", "val_set", "test_set", "feature_extractor"},
+        inputs={"train_set", "val_set", *evaluate.SHARED_INPUTS},
         parameters={
             "params:model": f"params:{variant}.model",
             "params:train": "params:train",
@@ -65,7 +65,7 @@ def create_pipeline(
     )
     return (
         data_prep.create_pipeline()
-        + feature_extractor.create_pipeline()
+        + evaluate.shared_pipeline()
         + sum(runs, start=Pipeline([]))
         + Pipeline([table])
     )

@@ -23,11 +23,14 @@ from attn_pipeline.fingerprints import (
     tensor_fingerprint,
 )
 from attn_pipeline.metrics import (
+    ClassifierView,
+    RealImages,
     classifier_view,
     evaluate_reconstruction,
     generation_metrics,
     importance_weighted_nll,
     prior_samples,
+    real_images,
     reconstructions,
     steerable,
     steering_metrics,
@@ -59,6 +62,61 @@ def nll_subset(n_images: int, size: int | None, *, seed: int) -> torch.Tensor:
     return order[:size].sort().values
 
 
+def _sizes(config: EvaluateConfig, n_images: int) -> tuple[int, int]:
+    """(N, the KID's subset size): as configured, at most what the test set has."""
+    n = min(config.n_samples, n_images)
+    return n, min(config.kid_subset_size, n)
+
+
+def _real_images_key(
+    test_set: dict[str, torch.Tensor], feature_extractor: dict[str, Any], config: EvaluateConfig
+) -> dict[str, Any]:
+    return {
+        "feature_extractor_hash": feature_extractor["hash"],
+        "test_images": tensor_fingerprint(test_set["images"]),
+        "n": _sizes(config, len(test_set["images"]))[0],
+        "k": config.precision_recall_k,
+    }
+
+
+def measure_real_images(
+    test_set: dict[str, torch.Tensor], feature_extractor: dict[str, Any], config: EvaluateConfig
+) -> dict[str, Any]:
+    """The extractor's view of the first N test images and their k-NN radii: what every
+    model's FID-/KID-proxy and precision/recall compare with. Computed once per run (a
+    study's shared step) rather than once per model; what it was computed from goes with
+    it, so that an evaluation of other settings does not use it."""
+    key = _real_images_key(test_set, feature_extractor, config)
+    device = resolve_device(config.device)
+    extractor = load_feature_extractor(feature_extractor).to(
+        device, memory_format=torch.channels_last
+    )
+    real = real_images(extractor, test_set["images"][: key["n"]], k=key["k"])
+    return {
+        **key,
+        "features": real.view.features,
+        "probabilities": real.view.probabilities,
+        "radii": real.radii,
+    }
+
+
+def _real_images(
+    measured: dict[str, Any],
+    test_set: dict[str, torch.Tensor],
+    feature_extractor: dict[str, Any],
+    config: EvaluateConfig,
+) -> RealImages:
+    """``measured`` as :class:`RealImages`, or measured again where it was made from
+    another extractor, test set, N or k (a namespace run after a shared step of other
+    settings)."""
+    key = _real_images_key(test_set, feature_extractor, config)
+    if any(measured.get(name) != value for name, value in key.items()):
+        logger.info("the stored test_real_images are of other settings: measured again")
+        measured = measure_real_images(test_set, feature_extractor, config)
+    view = ClassifierView(measured["features"], measured["probabilities"])
+    return RealImages(view=view, radii=measured["radii"], k=measured["k"])
+
+
 def evaluation_description(
     checkpoint: dict[str, Any],
     test_set: dict[str, torch.Tensor],
@@ -82,6 +140,7 @@ def evaluate_model(
     checkpoint: dict[str, Any],
     test_set: dict[str, torch.Tensor],
     feature_extractor: dict[str, Any],
+    test_real_images: dict[str, Any],
     config: EvaluateConfig,
     evaluation_cache: ResultCache,
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -108,7 +167,8 @@ def evaluate_model(
             "already evaluated (%s): the stored figures are reused", evaluation_cache.folder
         )
         return stored["test_metrics"], stored["evaluation_info"]
-    test_metrics, evaluation_info = _evaluate(checkpoint, test_set, feature_extractor, config)
+    real = _real_images(test_real_images, test_set, feature_extractor, config)
+    test_metrics, evaluation_info = _evaluate(checkpoint, test_set, feature_extractor, real, config)
     evaluation_cache.put(
         description, {"test_metrics": test_metrics, "evaluation_info": evaluation_info}
     )
@@ -119,6 +179,7 @@ def _evaluate(
     checkpoint: dict[str, Any],
     test_set: dict[str, torch.Tensor],
     feature_extractor: dict[str, Any],
+    real: RealImages,
     config: EvaluateConfig,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     started = time.perf_counter()
@@ -139,8 +200,7 @@ def _evaluate(
     extractor = load_feature_extractor(feature_extractor).to(
         device, memory_format=torch.channels_last
     )
-    n = min(config.n_samples, len(test_set["images"]))
-    kid_subset_size = min(config.kid_subset_size, n)  # what kernel_distance can draw
+    n, kid_subset_size = _sizes(config, len(test_set["images"]))
     for key, asked, used in (
         ("n_samples", config.n_samples, n),
         ("kid_subset_size", config.kid_subset_size, kid_subset_size),
@@ -154,14 +214,13 @@ def _evaluate(
                 len(test_set["images"]),
                 used,
             )
-    real_images = test_set["images"][:n]  # grey levels: the data the samples should match
+    # grey levels: the data the samples should match, measured once (measure_real_images)
     metrics |= generation_metrics(
-        real=classifier_view(extractor, real_images),
+        real=real,
         samples=classifier_view(extractor, prior_samples(model, n, seed=config.seed)),
-        recon=classifier_view(extractor, reconstructions(model, real_images)),
+        recon=classifier_view(extractor, reconstructions(model, test_set["images"][:n])),
         kid_subsets=config.kid_subsets,
         kid_subset_size=kid_subset_size,
-        k=config.precision_recall_k,
         seed=config.seed,
     )
     if steerable(model):

@@ -1,7 +1,8 @@
 """evaluate: test metrics per variant (namespaced), then one table over all variants.
 
-It starts with the feature_extractor pipeline's node, which trains the FID-proxy's
-classifier only when none is stored for the data set.
+It starts with the shared steps: the feature_extractor pipeline's node, which trains the
+FID-proxy's classifier only when none is stored for the data set, and the extractor's
+measure of the test images, which every variant is compared with.
 """
 
 from collections.abc import Sequence
@@ -10,7 +11,24 @@ from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import feature_extractor
 
-from .nodes import evaluate_model, tabulate_test_metrics
+from .nodes import evaluate_model, measure_real_images, tabulate_test_metrics
+
+#: What the variants' evaluations share, made once per run (a study's shared step).
+SHARED_INPUTS = {"test_set", "feature_extractor", "test_real_images"}
+
+
+def shared_pipeline() -> Pipeline:
+    """The extractor, then its features and k-NN radii of the test images."""
+    return feature_extractor.create_pipeline() + Pipeline(
+        [
+            Node(
+                measure_real_images,
+                inputs=["test_set", "feature_extractor", "params:evaluate"],
+                outputs="test_real_images",
+                name="measure_real_images",
+            )
+        ]
+    )
 
 
 def variant_template(label: str) -> Pipeline:
@@ -23,6 +41,7 @@ def variant_template(label: str) -> Pipeline:
                     "checkpoint",
                     "test_set",
                     "feature_extractor",
+                    "test_real_images",
                     "params:evaluate",
                     "evaluation_cache",
                 ],
@@ -39,7 +58,7 @@ def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> P
         Pipeline(
             variant_template(variant),
             namespace=variant,
-            inputs={"test_set", "feature_extractor"},
+            inputs=SHARED_INPUTS,
             parameters={"params:evaluate"},
         )
         for variant in variants
@@ -50,8 +69,4 @@ def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> P
         outputs="test_metrics_table",
         name="tabulate_test_metrics",
     )
-    return (
-        feature_extractor.create_pipeline()
-        + sum(per_variant, start=Pipeline([]))
-        + Pipeline([table])
-    )
+    return shared_pipeline() + sum(per_variant, start=Pipeline([])) + Pipeline([table])
