@@ -9,6 +9,7 @@ from kedro.config import OmegaConfigLoader
 from mlflow.telemetry.client import set_telemetry_client
 from omegaconf.resolvers import oc
 
+from attn_pipeline.allocator import retain_freed_memory
 from attn_pipeline.hooks import RunPlanCheckHook
 from attn_pipeline.tracking import FlatParamsMlflowHook, VariantRunsHook
 
@@ -36,6 +37,9 @@ if not _telemetry_consented(Path.cwd()):
 # this file, so its client is rebuilt once the switch is set (a user's own setting wins).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 set_telemetry_client()
+
+# every kedro command of the project: freed tensors' memory is reused, not faulted in again
+retain_freed_memory()
 
 HOOKS = (RunPlanCheckHook(), FlatParamsMlflowHook(), VariantRunsHook())
 # kedro-mlflow's own hook is replaced by FlatParamsMlflowHook (its subclass), not run twice
