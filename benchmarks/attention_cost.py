@@ -51,14 +51,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--variants", nargs="+", default=["none", "latent", "spatial", "self", "cbam"]
+        "--variants", nargs="+", default=None, help="entries (default: every <name>.model block)"
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     train, _, _ = load_splits()
     params = load_parameters(Path("conf"))
-    configs = {name: ModelConfig.model_validate(params[name]["model"]) for name in args.variants}
+    entries = args.variants or [
+        name for name, block in params.items() if isinstance(block, dict) and "model" in block
+    ]
+    configs = {name: ModelConfig.model_validate(params[name]["model"]) for name in entries}
     if not args.no_naive:
         configs["self @14x14"] = ModelConfig(variant="self", attention_resolution=14)
         configs["naive self @14x14"] = ModelConfig(variant="self", attention_resolution=14)

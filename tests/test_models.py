@@ -22,12 +22,15 @@ from attn_pipeline.models.backbones import SubPixelConvTranspose2d
 from attn_pipeline.pipeline_registry import load_parameters
 from attn_pipeline.pipelines.compare.nodes import EQUAL_SIZE_TOLERANCE, comparison_kind
 from attn_pipeline.training import TrainingDivergedError, fit
+from attn_pipeline.variants import VARIANTS as REGISTERED
+from attn_pipeline.variants import VariantSpec, register
 from tests.conftest import digit_like_images
 
-VARIANTS = ["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
+VARIANTS = list(REGISTERED)
 BACKBONES = ["conv", "mlp"]
-CONV_ONLY = {"self", "cbam"}
-#: the maps each variant's forward returns in eval mode, with their shapes for batch 5
+CONV_ONLY = {name for name, spec in REGISTERED.items() if spec.conv_only}
+#: the maps each variant's forward returns in eval mode, with their shapes for batch 5 (a
+#: variant registered without its expectation here fails test_forward_shapes_and_maps)
 EXPECTED_MAPS = {
     "none": {},
     "latent": {"latent": (5, 8)},
@@ -201,3 +204,37 @@ def test_the_studys_size_baseline_matches_its_largest_variant() -> None:
     assert abs(sizes["none_wide"] / largest - 1) <= EQUAL_SIZE_TOLERANCE
     assert comparison_kind(sizes["latent"], sizes["none_wide"]) == "equal budget and size"
     assert comparison_kind(sizes["latent"], sizes["none"]) == "equal budget, +24% parameters"
+
+
+class HalfGate(nn.Module):
+    """A toy feature block: every feature times a learned gate, its map the gate's mean."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.full((1, channels, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return x * self.gate, {"half_gate": self.gate.mean().expand(len(x), 1, 1, 1)}
+
+
+@pytest.fixture
+def toy_variant():
+    """A variant added the documented way only: its module and one registry entry."""
+    spec = register(
+        VariantSpec("half_gate", "a toy feature block", feature_block=f"{__name__}:HalfGate")
+    )
+    yield spec
+    del REGISTERED[spec.name]
+
+
+def test_a_variant_is_its_module_and_one_registry_entry(toy_variant, batch) -> None:
+    config = _config(toy_variant.name)  # the configuration knows it from the registry
+    model = build_vae(config)
+    out = model.eval()(batch[:5])
+    assert set(out.attention) == {"half_gate"} and out.logits.shape == (5, 1, 28, 28)
+    fit(model, batch, None, TrainConfig(epochs=1, batch_size=32), show_progress=False)
+    assert load_checkpoint(make_checkpoint(config, model.state_dict()))[1] == config
+    with pytest.raises(ValueError, match="attends over conv feature maps"):
+        _config(toy_variant.name, "mlp")  # its block needs the conv backbone: said, not assumed
+    with pytest.raises(ValueError, match="Input should be 'none', 'latent'.*'half_gate'"):
+        _config("half_gates")

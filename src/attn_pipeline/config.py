@@ -10,19 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from attn_pipeline.variants import VARIANTS, variant_spec
 
 #: Arithmetic of a training's forward pass (:mod:`attn_pipeline.precision`).
 Precision = Literal["auto", "fp32", "bf16"]
-#: Model variants a ``model.variant`` parameter may name.
-Variant = Literal["none", "latent", "spatial", "spatial_gate", "self", "cbam"]
 Backbone = Literal["conv", "mlp"]
-#: Variants whose generator holds a weight map over image positions computed from z (an
-#: extra decoder channel for `spatial`, a gate on the output for `spatial_gate`): the
-#: attention loss supervises it and steering edits it.
-SPATIAL_MAP_VARIANTS = frozenset({"spatial", "spatial_gate"})
-#: Variants that live inside the conv decoder's feature maps.
-CONV_ONLY_VARIANTS = frozenset({"self", "cbam"})
 
 
 class ConfigError(click.ClickException, ValueError):
@@ -85,7 +79,7 @@ class DataPrepConfig(_Config):
 class ModelConfig(_Config):
     """One model variant (``params:<namespace>.model``)."""
 
-    variant: Variant = "none"
+    variant: str = Field("none", description="a name of attn_pipeline.variants.VARIANTS")
     backbone: Backbone = "conv"
     latent_dim: PositiveInt = 20
     hidden_dim: PositiveInt = Field(400, description="MLP backbone: width of the hidden layer")
@@ -111,17 +105,26 @@ class ModelConfig(_Config):
         "error (the blog post's loss) or the image's ink (pixel intensity) distribution",
     )
 
+    @field_validator("variant")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        variant_spec(name)  # the error lists the registered names
+        return name
+
     @model_validator(mode="after")
     def _variant_fits_backbone(self) -> ModelConfig:
-        if self.backbone == "mlp" and self.variant in CONV_ONLY_VARIANTS:
+        spec = variant_spec(self.variant)
+        if self.backbone == "mlp" and spec.conv_only:
+            mlp_ready = [name for name, other in VARIANTS.items() if not other.conv_only]
             raise ValueError(
                 f"variant '{self.variant}' attends over conv feature maps and needs "
-                "backbone: conv; with backbone: mlp use none, latent or spatial"
+                f"backbone: conv; with backbone: mlp use one of {mlp_ready}"
             )
-        if self.attention_loss_weight > 0 and self.variant not in SPATIAL_MAP_VARIANTS:
+        if self.attention_loss_weight > 0 and not spec.has_spatial_map:
+            with_map = [name for name, other in VARIANTS.items() if other.has_spatial_map]
             raise ValueError(
                 f"attention_loss_weight applies to variants with a spatial map "
-                f"({sorted(SPATIAL_MAP_VARIANTS)}), not to '{self.variant}': set it to 0"
+                f"({with_map}), not to '{self.variant}': set it to 0"
             )
         return self
 

@@ -21,7 +21,7 @@ from kedro.framework.project import pipelines, settings
 from kedro.pipeline import Pipeline
 from pydantic import ValidationError
 
-from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig, StudyConfig
+from attn_pipeline.config import ModelConfig, StudyConfig
 from attn_pipeline.pipelines import (
     compare,
     data_prep,
@@ -30,6 +30,7 @@ from attn_pipeline.pipelines import (
     generate,
     train,
 )
+from attn_pipeline.variants import variant_spec
 
 
 def load_parameters(conf_source: Path | None = None, env: str | None = None) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def steerable_variants(names: tuple[str, ...], params: dict[str, Any]) -> set[st
             variant = ModelConfig.model_validate(params[name]["model"]).variant
         except ValidationError:
             continue  # the run stops at Kedro's check of typed parameters, which names the key
-        if variant in SPATIAL_MAP_VARIANTS:
+        if variant_spec(variant).has_spatial_map:
             steerable.add(name)
     return steerable
 

@@ -6,19 +6,19 @@ attention block, if any, sits in front of the decoder (:func:`build_vae`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from attn_pipeline.config import SPATIAL_MAP_VARIANTS, ModelConfig
+from attn_pipeline.config import ModelConfig
+from attn_pipeline.variants import variant_spec
 
 from .attention import (
-    CBAM,
     LatentSoftmaxAttention,
     OutputGate,
-    SelfAttention2d,
     SpatialAttentionMap,
     as_decoder_channel,
 )
@@ -173,18 +173,24 @@ class ImageSampler(nn.Module):
         return torch.sigmoid(self.generator(z).logits)
 
 
+def _feature_block(path: str) -> type[nn.Module]:
+    """The class a spec's ``"module:Class"`` names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def build_vae(config: ModelConfig) -> VAE:
     """Build the VAE a :class:`ModelConfig` describes (weights freshly initialised)."""
     image_shape = (config.image_channels, config.image_size, config.image_size)
     if config.backbone == "conv" and config.image_size != 28:
         raise ValueError("the conv backbone is built for 28x28 images; use backbone: mlp")
+    spec = variant_spec(config.variant)
     d, r = config.latent_dim, config.attention_resolution
-    latent_attention = LatentSoftmaxAttention(d) if config.variant == "latent" else None
-    has_map = config.variant in SPATIAL_MAP_VARIANTS
-    spatial_map = SpatialAttentionMap(d, size=r) if has_map else None
-    # spatial: the map is an extra channel of the decoder; spatial_gate: it gates the output
-    output_gate = OutputGate(config.gate_gain) if config.variant == "spatial_gate" else None
-    map_channel = spatial_map is not None and output_gate is None
+    latent_attention = LatentSoftmaxAttention(d) if spec.latent_attention else None
+    spatial_map = SpatialAttentionMap(d, size=r) if spec.has_spatial_map else None
+    # the map is an extra channel of the decoder, or it gates the output
+    output_gate = OutputGate(config.gate_gain) if spec.spatial_map == "gate" else None
+    map_channel = spec.spatial_map == "channel"
     code_dim = 2 * d if latent_attention is not None else d
     if config.backbone == "mlp":
         n_pixels = image_shape[0] * image_shape[1] * image_shape[2]
@@ -201,11 +207,7 @@ def build_vae(config: ModelConfig) -> VAE:
         )
         c1, c2 = config.conv_channels
         width = c2 if r == 7 else c1
-        block: nn.Module | None = None
-        if config.variant == "self":
-            block = SelfAttention2d(width)
-        elif config.variant == "cbam":
-            block = CBAM(width)
+        block = _feature_block(spec.feature_block)(width) if spec.feature_block else None
         decoder = ConvDecoder(
             in_dim=code_dim,
             channels=config.conv_channels,
