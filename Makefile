@@ -3,7 +3,9 @@
 #   make run                      fetch MNIST (download), then `kedro run`
 #   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
 #   make test                     the test suite (tests make their own tiny data)
+#   make test-fast                its unit tier alone (pytest -m "not slow")
 #   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
+#   make docs / make docs-build   the documentation site: served, or built as CI does
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +21,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # runs `uvicorn`, `kedro ipython` runs `ipython`): the environment's come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data run test lint viz mlflow-ui serve ipython lock
+.PHONY: setup data run test test-fast lint viz mlflow-ui serve ipython lock docs docs-build
 
 LOCK := requirements.lock
 
@@ -51,6 +53,20 @@ run: data
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The unit tier: no real processes, stores or trainings (about a minute).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+# The documentation site (mkdocs-material): served with live reload, or built into site/
+# with --strict (a broken link, a missing page or a missing included file fails).
+export NO_MKDOCS_2_WARNING := 1
+DOCS_PORT ?= 8000
+docs: setup
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-build: setup
+	$(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks docs

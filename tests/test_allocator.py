@@ -9,6 +9,9 @@ import pytest
 
 from attn_pipeline.allocator import retain_freed_memory
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 #: Page faults of 10 training steps of the conv baseline (after 3 to warm up).
 FAULTS = """
 import resource, sys, torch

@@ -35,6 +35,9 @@ import yaml
 
 from attn_pipeline.fetch_data import ENV_VAR
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}

@@ -16,6 +16,9 @@ import pytest
 
 from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: The hash of the reference MNIST extractor shipped inside the package.
 REFERENCE_MNIST_HASH = json.loads(

@@ -22,6 +22,9 @@ from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.tracking import REGISTERED_TAG, parent_run_name, runner_name
 from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GENERATION_METRICS = {
     "test/nll_iw",

@@ -13,9 +13,12 @@ import pytest
 from attn_pipeline.datasets import IDXDataset
 from attn_pipeline.fetch_data import ENV_VAR, fetch
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(ENV_VAR), reason=f"{ENV_VAR} does not name a local MNIST copy"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not os.environ.get(ENV_VAR), reason=f"{ENV_VAR} does not name a local MNIST copy"
+    ),
+    pytest.mark.slow,  # trains on real MNIST: make test-fast leaves it out
+]
 
 
 def test_local_mnist_verifies_and_loads_with_official_shapes(tmp_path: Path) -> None:

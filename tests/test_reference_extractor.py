@@ -1,5 +1,5 @@
 """The reference feature extractors shipped with the project: every machine's FID-proxy
-figures come from the same weights, whose hash and test accuracy the README documents."""
+figures come from the same weights, whose hash and test accuracy the docs (Metrics) give."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from attn_pipeline.pipelines.feature_extractor.nodes import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = PROJECT_ROOT / "src" / "attn_pipeline" / "reference" / "feature_extractor"
-#: The README's figures (Metrics): hash and accuracy on the full official test set.
+#: The documented figures (docs/metrics.md): hash and accuracy on the full official test set.
 DOCUMENTED = {
     "mnist": ("bf06febc6b1ef0dc", 0.9907),
     "fashion_mnist": ("6d7502e6a0251b56", 0.9100),
@@ -49,6 +49,7 @@ def test_the_shipped_extractor_has_the_documented_hash(dataset: str) -> None:
     assert described["hash"] == documented_hash and described["n_test_images"] == 10000
 
 
+@pytest.mark.slow  # the real test sets
 @pytest.mark.parametrize("dataset", sorted(DOCUMENTED))
 def test_the_shipped_extractor_scores_the_documented_accuracy_on_the_real_test_set(
     dataset: str,

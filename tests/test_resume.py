@@ -24,6 +24,9 @@ from attn_pipeline.training import TrainingState, fit
 from tests.conftest import write_raw_dataset
 from tests.test_run_guard import _project_copy
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 

@@ -18,6 +18,9 @@ import pytest
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock
 from tests.conftest import write_raw_dataset
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 

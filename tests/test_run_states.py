@@ -16,6 +16,9 @@ import pytest
 
 from tests.test_run_guard import _project_copy
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 LONG_TRAINING = "data_prep.val_size=20,train.epochs=500,train.batch_size=50"
 

@@ -31,6 +31,9 @@ from attn_pipeline.study import CELL_KEY_TAG, study_cells
 from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers
 from tests.conftest import TINY_RUN, write_raw_dataset
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 TINY_STUDY = {

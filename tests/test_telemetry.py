@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_kedro_telemetry_is_refused_by_the_project_itself() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter that imports the whole project
 def test_mlflow_telemetry_is_off_once_the_project_settings_load() -> None:
     clean = {
         k: v

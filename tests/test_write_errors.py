@@ -14,6 +14,9 @@ from attn_pipeline.datasets import TorchDataset
 from attn_pipeline.datasets.saved_state import ResultCache
 from attn_pipeline.datasets.torch_dataset import WriteError
 
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
