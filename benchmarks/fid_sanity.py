@@ -23,11 +23,9 @@ import torch
 from attn_pipeline.config import EvaluateConfig, FeatureExtractorConfig
 from attn_pipeline.datasets import PackagedTorchDataset, ResultCache, TorchDataset
 from attn_pipeline.metrics import classifier_view, frechet_distance
+from attn_pipeline.models.classifier import load_feature_extractor
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model, measure_real_images
-from attn_pipeline.pipelines.feature_extractor.nodes import (
-    ensure_feature_extractor,
-    load_feature_extractor,
-)
+from attn_pipeline.pipelines.feature_extractor.nodes import ensure_feature_extractor
 from benchmarks._data import load_splits
 
 

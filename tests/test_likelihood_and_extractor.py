@@ -17,7 +17,7 @@ from attn_pipeline.datasets import ResultCache
 from attn_pipeline.metrics import evaluate_reconstruction, importance_weighted_nll
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.checkpoint import make_checkpoint
-from attn_pipeline.models.classifier import state_dict_hash
+from attn_pipeline.models.classifier import load_feature_extractor, state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import split_training_file
 from attn_pipeline.pipelines.evaluate.nodes import (
     evaluate_model,
@@ -102,7 +102,7 @@ def test_extractor_is_trained_once_and_then_reused(monkeypatch: pytest.MonkeyPat
     assert info["test_accuracy"] > 0.9  # ten well-separated bar positions
     assert info["hash"] == state_dict_hash(checkpoint["state_dict"])
     assert "state_dict" not in info and info["dataset"] == "mnist"
-    features = extractor_nodes.load_feature_extractor(checkpoint).features(test["images"][:5])
+    features = load_feature_extractor(checkpoint).features(test["images"][:5])
     assert features.shape == (5, 128)
 
     def no_training(*args, **kwargs):

@@ -13,12 +13,9 @@ import torch
 from attn_pipeline.config import DataPrepConfig
 from attn_pipeline.datasets import IDXDataset
 from attn_pipeline.fetch_data import ENV_VAR
-from attn_pipeline.models.classifier import state_dict_hash
+from attn_pipeline.models.classifier import load_feature_extractor, state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import prepare_test_set
-from attn_pipeline.pipelines.feature_extractor.nodes import (
-    classifier_accuracy,
-    load_feature_extractor,
-)
+from attn_pipeline.pipelines.feature_extractor.nodes import classifier_accuracy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = PROJECT_ROOT / "src" / "attn_pipeline" / "reference" / "feature_extractor"

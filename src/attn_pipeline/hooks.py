@@ -16,7 +16,7 @@ from kedro.pipeline import Pipeline
 
 from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
 from attn_pipeline.pipeline_registry import use_run_parameters
-from attn_pipeline.pipelines.train.pipeline import TRAIN_TAG
+from attn_pipeline.pipelines import TRAIN_TAG
 from attn_pipeline.run_guard import ProjectRunLock, output_groups
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,12 @@ classifier trained on the data set itself gives features that separate its class
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
+
+from attn_pipeline.config import FeatureExtractorConfig
 
 
 class FeatureClassifier(nn.Module):
@@ -66,3 +69,13 @@ def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def load_feature_extractor(checkpoint: dict[str, Any]) -> FeatureClassifier:
+    """Rebuild the classifier a checkpoint describes, in eval mode on the CPU."""
+    config = FeatureExtractorConfig.model_validate(checkpoint["config"])
+    model = FeatureClassifier(
+        image_channels=checkpoint["image_channels"], feature_dim=config.feature_dim
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

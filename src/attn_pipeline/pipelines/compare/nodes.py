@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from scipy import stats
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.metrics.table import (
     HEADLINE_METRICS,
     MEASURED_WITH,
@@ -21,31 +18,7 @@ from attn_pipeline.metrics.table import (
     TABLES,
     StudyMetric,
 )
-from attn_pipeline.pipelines.train.nodes import train_model
 from attn_pipeline.study import study_cells
-
-
-def study_train_model(entry: str, seed: int) -> Callable[..., Any]:
-    """``train_model`` with ``train.seed`` replaced by ``seed`` (one study repeat); its
-    run parameters name the study entry it trains."""
-
-    def train_model_with_seed(
-        train_set: dict[str, torch.Tensor],
-        val_set: dict[str, torch.Tensor],
-        model_config: ModelConfig,
-        train_config: TrainConfig,
-        checkpoint_folders: CheckpointFolders,
-    ) -> tuple:
-        *outputs, run_params = train_model(
-            train_set,
-            val_set,
-            model_config,
-            train_config.model_copy(update={"seed": seed}),
-            checkpoint_folders,
-        )
-        return (*outputs, {"entry": entry, **run_params})
-
-    return train_model_with_seed
 
 
 def summarise_cell(entry: str) -> Callable[..., dict[str, Any]]:

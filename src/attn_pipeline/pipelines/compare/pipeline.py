@@ -8,7 +8,7 @@ from kedro.pipeline import Node, Pipeline
 from attn_pipeline.pipelines import data_prep, evaluate, generate, train
 from attn_pipeline.study import cell_namespace, run_name
 
-from .nodes import compare_study_cells, compare_variants, study_train_model, summarise_cell
+from .nodes import compare_study_cells, compare_variants, summarise_cell
 
 #: What the comparison writes, whichever way its cells reach it.
 COMPARISON_OUTPUTS = [
@@ -23,7 +23,7 @@ COMPARISON_OUTPUTS = [
 def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     cell = run_name(variant, seed)
     template = (
-        train.variant_template(cell, study_train_model(variant, seed))
+        train.variant_template(cell, train.train_model_of_cell(variant, seed))
         + evaluate.variant_template(cell)
         + generate.variant_template(cell, steerable=steerable)
         + Pipeline(

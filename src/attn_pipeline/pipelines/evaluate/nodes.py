@@ -37,7 +37,7 @@ from attn_pipeline.metrics import (
 )
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.models.checkpoint import check_trained_on
-from attn_pipeline.pipelines.feature_extractor.nodes import load_feature_extractor
+from attn_pipeline.models.classifier import load_feature_extractor
 from attn_pipeline.training import resolve_device
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from attn_pipeline.pipelines import feature_extractor
+from attn_pipeline.pipelines import EVALUATE_TAG, feature_extractor
 
 from .nodes import evaluate_model, measure_real_images, tabulate_test_metrics
 
@@ -47,7 +47,7 @@ def variant_template(label: str) -> Pipeline:
                 ],
                 outputs=["test_metrics", "evaluation_info"],
                 name=f"evaluate_{label}",
-                tags=["evaluate"],
+                tags=[EVALUATE_TAG],
             )
         ]
     )

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from attn_pipeline.config import FeatureExtractorConfig
-from attn_pipeline.models.classifier import FeatureClassifier, state_dict_hash
+from attn_pipeline.models.classifier import (
+    FeatureClassifier,
+    state_dict_hash,
+)
 from attn_pipeline.precision import resolve_precision
 from attn_pipeline.training import resolve_device
 
@@ -129,13 +132,3 @@ def ensure_feature_extractor(
 def describe_extractor(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What the reports say of an extractor: everything but the weights."""
     return {key: value for key, value in checkpoint.items() if key != "state_dict"}
-
-
-def load_feature_extractor(checkpoint: dict[str, Any]) -> FeatureClassifier:
-    """Rebuild the classifier a checkpoint describes, in eval mode on the CPU."""
-    config = FeatureExtractorConfig.model_validate(checkpoint["config"])
-    model = FeatureClassifier(
-        image_channels=checkpoint["image_channels"], feature_dim=config.feature_dim
-    )
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()

@@ -4,6 +4,8 @@ from collections.abc import Collection, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
+from attn_pipeline.pipelines import GENERATE_TAG
+
 from .nodes import plot_attention_maps, render_images, render_steering
 
 
@@ -15,14 +17,14 @@ def variant_template(label: str, steerable: bool = False) -> Pipeline:
             inputs=["checkpoint", "test_set", "params:generate"],
             outputs=["samples_grid", "reconstructions_grid", "interpolations_grid"],
             name=f"render_images_{label}",
-            tags=["generate"],
+            tags=[GENERATE_TAG],
         ),
         Node(
             plot_attention_maps,
             inputs=["checkpoint", "test_set", "params:generate"],
             outputs="attention_maps",
             name=f"plot_attention_maps_{label}",
-            tags=["generate"],
+            tags=[GENERATE_TAG],
         ),
     ]
     if steerable:
@@ -32,7 +34,7 @@ def variant_template(label: str, steerable: bool = False) -> Pipeline:
                 inputs=["checkpoint", "test_set", "params:generate"],
                 outputs="steering",
                 name=f"render_steering_{label}",
-                tags=["generate"],
+                tags=[GENERATE_TAG],
             )
         )
     return Pipeline(nodes)

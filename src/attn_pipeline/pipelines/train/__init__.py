@@ -1,5 +1,6 @@
 """train pipeline."""
 
+from .nodes import train_model_of_cell
 from .pipeline import create_pipeline, variant_template
 
-__all__ = ["create_pipeline", "variant_template"]
+__all__ = ["create_pipeline", "train_model_of_cell", "variant_template"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -122,3 +123,26 @@ def train_model(
     }
     sampler = ImageSampler(model.generator, latent_dim=model_config.latent_dim).eval()
     return final, pd.DataFrame(result.history), sampler, run_params
+
+
+def train_model_of_cell(entry: str, seed: int) -> Callable[..., Any]:
+    """``train_model`` with ``train.seed`` replaced by ``seed`` (one study repeat); its
+    run parameters name the study entry it trains."""
+
+    def train_model_with_seed(
+        train_set: dict[str, torch.Tensor],
+        val_set: dict[str, torch.Tensor],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        checkpoint_folders: CheckpointFolders,
+    ) -> tuple:
+        *outputs, run_params = train_model(
+            train_set,
+            val_set,
+            model_config,
+            train_config.model_copy(update={"seed": seed}),
+            checkpoint_folders,
+        )
+        return (*outputs, {"entry": entry, **run_params})
+
+    return train_model_with_seed

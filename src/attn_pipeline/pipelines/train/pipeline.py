@@ -4,10 +4,11 @@ from collections.abc import Callable, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
+from attn_pipeline.pipelines import TRAIN_TAG
+
 from .nodes import train_model
 
 #: The tag of every training node (``kedro run --tags train``; the run's budget check).
-TRAIN_TAG = "train"
 
 
 def variant_template(label: str, train_func: Callable = train_model) -> Pipeline:
