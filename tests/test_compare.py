@@ -10,13 +10,13 @@ import pytest
 from scipy import stats
 
 from attn_pipeline.config import StudyConfig
+from attn_pipeline.metrics.table import METRICS
 from attn_pipeline.pipelines.compare.nodes import (
-    METRICS,
     compare_study_cells,
     compare_variants,
-    holm,
     summarise_run,
 )
+from attn_pipeline.pipelines.compare.statistics import holm
 
 
 def _row(

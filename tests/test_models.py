@@ -20,7 +20,7 @@ from attn_pipeline.models import (
 )
 from attn_pipeline.models.backbones import SubPixelConvTranspose2d
 from attn_pipeline.pipeline_registry import load_parameters
-from attn_pipeline.pipelines.compare.nodes import EQUAL_SIZE_TOLERANCE, comparison_kind
+from attn_pipeline.pipelines.compare.statistics import EQUAL_SIZE_TOLERANCE, comparison_kind
 from attn_pipeline.training import TrainingDivergedError, fit
 from attn_pipeline.variants import VARIANTS as REGISTERED
 from attn_pipeline.variants import VariantSpec, register
