@@ -233,6 +233,28 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
     assert parents[1].data.tags["attn_pipeline.reused_cell.study.none_seed0"] == reused.info.run_id
 
 
+def test_a_failing_shared_step_starts_no_other_cell(tmp_path: Path) -> None:
+    """The raw data are missing: the shared step fails in the first cells, whose logs say
+    which file and the command that fetches it, and the study starts no other cell (each
+    would fail the same way) and fails at once, naming the log."""
+    project = _tiny_project(tmp_path)
+    shutil.rmtree(project / "data" / "01_raw" / "mnist")
+    (project / "conf" / "local" / "parameters.yml").write_text(
+        yaml.safe_dump(
+            {**TINY_STUDY, "study": {**TINY_STUDY["study"], "workers": 1, "seeds": [0, 1, 2]}}
+        )
+    )
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    out = _attn_study(project, uri)
+    assert out.returncode == 1, out.stderr[-3000:]
+    shared_log = project / "data/08_reporting/mnist/study/logs/shared.log"
+    assert f"failed on {socket.gethostname()}, so no other cell is started" in out.stderr
+    assert f"fix what its log says ({shared_log})" in out.stderr
+    assert "run `attn-fetch-data mnist` first" in shared_log.read_text()
+    assert out.stderr.count("not started (the shared step failed)") == 5  # of 6 cells
+    assert shared_log.read_text().count("==== ") == 1  # tried once, not once per cell
+
+
 def _study_with_a_training_cell(
     tmp_path: Path, epochs: int, stderr: Any
 ) -> tuple[Path, str, subprocess.Popen]:

@@ -60,7 +60,7 @@ from attn_pipeline.tracking import PARENT_STAYS_RUNNING, owner_tags
 logger = logging.getLogger("attn_pipeline.study")
 
 #: Processes per GPU: the setting measured on an H100 (29 cells in 4 min 30 s, the GPU 21%
-#: busy, README); not an optimum, more may pay.
+#: busy, docs/performance.md); not an optimum, more may pay.
 WORKERS_PER_GPU = 8
 #: The name of the study's parent run (kedro-mlflow names a run after its pipeline).
 PARENT_RUN_NAME = "compare"
@@ -130,6 +130,9 @@ class CellOutcome:
     exit_code: int | None  # None: not started (the study was stopped)
     host: str
     log: str
+    #: the shared step (data split, extractor) failed in the worker's folder: every other
+    #: cell there would fail the same way (missing raw data, a bad parameter)
+    shared_step_failed: bool = False
 
 
 #: The cell processes under way in this worker process, so that a stopped study stops them.
@@ -247,7 +250,8 @@ def run_cell(job: CellJob) -> CellOutcome:
                 job.study_run_id,
             )
             if code != 0:
-                return CellOutcome(job.namespace, code, host, str(logs / "shared.log"))
+                shared_log = str(logs / "shared.log")
+                return CellOutcome(job.namespace, code, host, shared_log, shared_step_failed=True)
             done.touch()
     log = logs / f"{job.namespace}.log"
     code = kedro_run(
@@ -425,6 +429,16 @@ def _cell_slots(client: Client) -> int:
     return max(1, sum(worker["nthreads"] for worker in workers))
 
 
+def _outcome(future: Any) -> tuple[str, CellOutcome | None]:
+    """What became of a finished cell's task, in words, and its outcome if it ran."""
+    if future.status == "error":
+        return f"FAILED ({future.exception()})", None
+    outcome: CellOutcome = future.result()
+    if outcome.exit_code == 0:
+        return "done", outcome
+    return f"FAILED (exit {outcome.exit_code}); its log: {outcome.log} on {outcome.host}", outcome
+
+
 def _run_cells(
     jobs: list[CellJob],
     scheduler: str | None,
@@ -469,17 +483,21 @@ def _run_cells(
         try:
             for future in running:
                 namespace = futures[future].namespace
-                if future.status == "error":
-                    outcomes[namespace] = f"FAILED ({future.exception()})"
-                else:
-                    outcome: CellOutcome = future.result()
-                    outcomes[namespace] = (
-                        "done"
-                        if outcome.exit_code == 0
-                        else f"FAILED (exit {outcome.exit_code}); its log: {outcome.log} "
-                        f"on {outcome.host}"
-                    )
+                outcomes[namespace], outcome = _outcome(future)
                 logger.info("study: %s %s", namespace, outcomes[namespace])
+                if outcome is not None and outcome.shared_step_failed and queued:
+                    # the same data and parameters would fail every cell the same way
+                    logger.error(
+                        "study: the shared step (data split, feature extractor) failed on "
+                        "%s, so no other cell is started: fix what its log says (%s), then "
+                        "run the same command again",
+                        outcome.host,
+                        outcome.log,
+                    )
+                    for job in queued:
+                        outcomes[job.namespace] = "not started (the shared step failed)"
+                        logger.info("study: %s %s", job.namespace, outcomes[job.namespace])
+                    queued.clear()
                 top_up()
         except StudyStopped:
             client.cancel(list(futures))
