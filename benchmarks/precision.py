@@ -8,6 +8,13 @@ machine state; the fastest of ``--repeats`` rounds of ``--steps`` steps is repor
 (AVX-512 BF16, AMX) come first: where bfloat16 is emulated (AVX2 only), bf16 is slower.
 
     .venv/bin/python -m benchmarks.precision [--repeats 6] [--steps 20]
+    .venv/bin/python -m benchmarks.precision --whole-run
+
+``--whole-run`` times the default ``kedro run`` (train, evaluate and generate every entry of
+``variants`` at the default budget) once with ``train.precision: fp32`` and once with
+``bf16``, one after the other, each in a scratch copy of the project with a store of its own
+(the prepared data and the stored extractor copied in, so both do the same work), and prints
+both wall-clock times and their ratio (after `kedro run` has prepared the data once).
 
 Timings taken while other processes share the cores exaggerate the ratio: run it on an
 idle machine.
@@ -18,6 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,12 +68,61 @@ def time_steps(config: ModelConfig, precision: str, x: torch.Tensor, steps: int)
     return (time.perf_counter() - started) / steps
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _scratch_project(root: Path, precision: str) -> Path:
+    """A copy of the project's configuration and prepared data, training in ``precision``."""
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "conf" / "local" / "parameters.yml").write_text(f"train: {{precision: {precision}}}\n")
+    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()
+    for folder in ("01_raw", "05_model_input", "06_models/feature_extractor"):
+        if (PROJECT / "data" / folder).is_dir():
+            shutil.copytree(PROJECT / "data" / folder, root / "data" / folder)
+    return root
+
+
+def whole_runs() -> None:
+    """The default `kedro run`, fp32 then bf16, each timed whole."""
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    seconds = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for precision in ("fp32", "bf16"):
+            project = _scratch_project(Path(scratch) / precision, precision)
+            started = time.perf_counter()
+            run = subprocess.run(
+                [kedro, "run"],
+                cwd=project,
+                env={
+                    **os.environ,
+                    "KEDRO_DISABLE_TELEMETRY": "1",
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
+                },
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            seconds[precision] = time.perf_counter() - started
+            if run.returncode != 0:
+                sys.exit(run.stderr[-3000:])
+            print(f"default kedro run, {precision}: {seconds[precision]:.0f} s", flush=True)
+    print(f"fp32 / bf16: {seconds['fp32'] / seconds['bf16']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--entries", nargs="+", default=None)
+    parser.add_argument("--whole-run", action="store_true", help="the default kedro run, timed")
     args = parser.parse_args()
+    if args.whole_run:
+        _, why = native_bf16(CPU)
+        print(f"CPU: {platform.processor() or torch.cpu.get_capabilities().get('cpu_name')}; {why}")
+        whole_runs()
+        return
     params = load_parameters(Path("conf"), env="base")
     entries = args.entries or [k for k, v in params.items() if isinstance(v, dict) and "model" in v]
     _, why = native_bf16(CPU)

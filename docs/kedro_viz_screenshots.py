@@ -1,4 +1,4 @@
-"""The README's kedro viz screenshots, taken in headless Chromium.
+"""The docs' kedro viz screenshots, taken in headless Chromium.
 
 Starts ``kedro viz run`` on the project (its base configuration), opens it with Playwright
 and writes docs/images/kedro_viz_{default,default_group,study}.png. Needs what the project

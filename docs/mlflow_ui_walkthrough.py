@@ -1,4 +1,4 @@
-"""Replays the README's MLflow UI walkthrough in headless Chromium and stops at the first
+"""Replays the docs' MLflow UI walkthrough in headless Chromium and stops at the first
 step the UI does not show as written.
 
 Starts ``mlflow ui`` on the project's store the way ``make mlflow-ui`` does (with
@@ -31,13 +31,13 @@ PORT = 5099
 
 def _step(page: Page, out: Path, number: int, what: str, ok: bool) -> None:
     page.screenshot(path=out / f"step{number}.png")
-    print(f"step {number}: {what}: {'as the README says' if ok else 'NOT as the README says'}")
+    print(f"step {number}: {what}: {'as the docs say' if ok else 'NOT as the docs say'}")
     if not ok:
         raise SystemExit(1)
 
 
 def open_experiment(page: Page, base: str, experiment: str) -> None:
-    """From the UI's home page to the experiment's runs, as the README's walkthrough says."""
+    """From the UI's home page to the experiment's runs, as the docs' walkthrough says."""
     page.goto(base)
     page.wait_for_load_state("load")
     time.sleep(6)

@@ -73,7 +73,7 @@ class OutputGate(nn.Module):
     The map is a function of ``z``, so the gate adds no latent and the ELBO is the VAE's.
 
     ``gain`` is fixed, not learned: learned, it drifted from 1 to 0.88 in 8 epochs on MNIST,
-    the decoder leaning on its features instead, and steering weakened (README, Steering).
+    the decoder leaning on its features instead, and steering weakened (docs/steering.md).
 
     Shapes: ``logits (B, C, H, W), map (B, 1, h, w) -> (B, C, H, W)``.
     """

@@ -1,0 +1,127 @@
+"""The documentation site: it builds with `mkdocs build --strict`, every page of its
+navigation opens in headless Chromium, and the results it shows are the study's own files
+(docs/refresh_results.py)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REFRESH = PROJECT_ROOT / "docs" / "refresh_results.py"
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "chrome"))), None)
+NAV_LINK = re.compile(r'href="([^"]*)"[^>]*class="md-nav__link')
+
+
+def _study_folder(root: Path) -> Path:
+    """What a finished study writes that the docs take: comparison.md/.png and runs.csv."""
+    folder = root / "study"
+    folder.mkdir(parents=True)
+    (folder / "comparison.md").write_text(
+        "FID-proxy figures: feature extractor `abc`.\n\n**Verdicts**\n\n"
+        "| entry | compared with | comparison | NLL (IW) | FID-proxy |\n|---|---|---|---|---|\n"
+        "| latent | none | equal budget | -0.4: **better** | -9.1: **no clear difference** |\n\n"
+        "**Likelihood**\n\n| entry | seeds |\n|---|---:|\n| none | 2 |\n"
+    )
+    (folder / "comparison.png").write_bytes(b"\x89PNG\r\n\x1a\n-a-forest-plot")
+    (folder / "runs.csv").write_text(
+        "entry,seed,feature_extractor_hash\nnone,0,abc\nlatent,0,abc\nnone,1,abc\nlatent,1,abc\n"
+    )
+    return folder
+
+
+def test_the_results_are_the_studys_own_files(tmp_path: Path) -> None:
+    study = _study_folder(tmp_path)
+    docs, readme = tmp_path / "docs", tmp_path / "README.md"
+    readme.write_text(
+        "# p\n\n<!-- results-headline: start (docs/refresh_results.py writes this) -->\n"
+        "old table\n<!-- results-headline: end -->\n\nafter\n"
+    )
+    command = [sys.executable, str(REFRESH), str(study), "--name", "mnist", "--title", "MNIST"]
+    command += ["--hardware", "a CPU", "--command", "attn-study", "--when", "2026-01-02"]
+    command += ["--docs", str(docs), "--readme", str(readme), "--headline"]
+    for _ in range(2):  # again: the same files, one headline block
+        subprocess.run(command, check=True, capture_output=True)
+    target = docs / "results" / "mnist"
+    assert (target / "comparison.md").read_text() == (study / "comparison.md").read_text()
+    assert (target / "forest.png").read_bytes() == (study / "comparison.png").read_bytes()
+    assert (target / "provenance.md").read_text().splitlines()[2] == (
+        "| MNIST | 4 | none, latent | 0, 1 | `abc` | a CPU | `attn-study` | 2026-01-02 |"
+    )
+    text = readme.read_text()
+    assert "old table" not in text and text.count("results-headline: start") == 1
+    assert "| latent | none | equal budget | -0.4: **better**" in text
+    assert "| none | 2 |" not in text  # the verdicts table alone
+    assert text.endswith("after\n")
+    unfinished = subprocess.run(
+        [*command[:2], str(tmp_path), *command[3:]], capture_output=True, text=True, check=False
+    )
+    assert unfinished.returncode != 0 and "missing" in unfinished.stderr
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built as CI builds it (strict: a broken link or include fails)."""
+    folder = tmp_path_factory.mktemp("site")
+    built = subprocess.run(
+        [str(Path(sys.executable).with_name("mkdocs")), "build", "--strict", "-d", str(folder)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return folder
+
+
+def test_every_page_of_the_navigation_opens_in_a_browser(site: Path, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+
+    def dom(url: str) -> str:
+        out = subprocess.run(
+            [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
+        )
+        return out.stdout
+
+    try:
+        home = dom(base)
+        pages = [link for link in dict.fromkeys(NAV_LINK.findall(home)) if link != "."]
+        assert len(pages) >= 10, pages
+        for page in pages:
+            html = dom(base + page)
+            assert "<h1" in html and "404 - Not found" not in html, page
+        results = dom(base + "results/")
+        assert "Verdicts on the headline metrics" in results  # the study's own table
+        # the study's forest plot, copied beside the page
+        assert 'src="mnist/forest.png"' in results
+        assert (site / "results" / "mnist" / "forest.png").is_file()
+        for name, page in (("home", ""), ("results", "results/")):
+            shot = tmp_path / f"{name}.png"
+            subprocess.run(
+                [*browser, "--window-size=1280,1600", f"--screenshot={shot}", base + page],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    finally:
+        server.shutdown()
