@@ -12,9 +12,7 @@ prepared the data once.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,29 +22,20 @@ from pathlib import Path
 
 import torch
 
-PROJECT = Path(__file__).resolve().parents[1]
+from benchmarks._project import PROJECT, project_env, scratch_project
+
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 
 def _copy(root: Path, variant: str) -> Path:
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "conf" / "local" / "parameters.yml").write_text(f"variants: [{variant}]\n")
-    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    shutil.copytree(PROJECT / "data" / "05_model_input", root / "data" / "05_model_input")
-    return root
+    return scratch_project(root, f"variants: [{variant}]\n", data=("05_model_input",))
 
 
 def _start(project: Path, epochs: int) -> subprocess.Popen:
     return subprocess.Popen(
         [KEDRO, "run", "--pipelines", "train", "--params", f"train.epochs={epochs}"],
         cwd=project,
-        env={
-            **os.environ,
-            "KEDRO_DISABLE_TELEMETRY": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
-        },
+        env=project_env(project),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

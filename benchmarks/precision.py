@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from attn_pipeline.models import build_vae
 from attn_pipeline.pipeline_registry import load_parameters
 from attn_pipeline.precision import native_bf16, resolve_precision
 from attn_pipeline.training import _step  # noqa: PLC2701 (the loop's own step is what is timed)
+from benchmarks._project import project_env, scratch_project
 
 CPU = torch.device("cpu")
 
@@ -68,38 +68,20 @@ def time_steps(config: ModelConfig, precision: str, x: torch.Tensor, steps: int)
     return (time.perf_counter() - started) / steps
 
 
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def _scratch_project(root: Path, precision: str) -> Path:
-    """A copy of the project's configuration and prepared data, training in ``precision``."""
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "conf" / "local" / "parameters.yml").write_text(f"train: {{precision: {precision}}}\n")
-    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    for folder in ("01_raw", "05_model_input", "06_models/feature_extractor"):
-        if (PROJECT / "data" / folder).is_dir():
-            shutil.copytree(PROJECT / "data" / folder, root / "data" / folder)
-    return root
-
-
 def whole_runs() -> None:
     """The default `kedro run`, fp32 then bf16, each timed whole."""
     kedro = str(Path(sys.executable).with_name("kedro"))
     seconds = {}
     with tempfile.TemporaryDirectory() as scratch:
         for precision in ("fp32", "bf16"):
-            project = _scratch_project(Path(scratch) / precision, precision)
+            project = scratch_project(
+                Path(scratch) / precision, f"train: {{precision: {precision}}}\n"
+            )
             started = time.perf_counter()
             run = subprocess.run(
                 [kedro, "run"],
                 cwd=project,
-                env={
-                    **os.environ,
-                    "KEDRO_DISABLE_TELEMETRY": "1",
-                    "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
-                },
+                env=project_env(project),
                 capture_output=True,
                 text=True,
                 check=False,

@@ -14,41 +14,29 @@ prepared the data and the extractor once.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+from benchmarks._project import PROJECT, project_env, scratch_project
+
 ATTN_STUDY = str(Path(sys.executable).with_name("attn-study"))
 
 
 def _copy(root: Path, entry: str, seeds: list[int]) -> Path:
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "conf" / "local" / "parameters.yml").write_text(
-        f"study: {{variants: [{entry}], seeds: {seeds}, baselines: [{entry}]}}\n"
+    return scratch_project(
+        root, f"study: {{variants: [{entry}], seeds: {seeds}, baselines: [{entry}]}}\n"
     )
-    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    for folder in ("01_raw", "05_model_input", "06_models/feature_extractor"):
-        shutil.copytree(PROJECT / "data" / folder, root / "data" / folder)
-    return root
 
 
 def _attn_study(project: Path, workers: int) -> subprocess.CompletedProcess:
     out = subprocess.run(
         [ATTN_STUDY, "--workers", str(workers), "--dashboard", "none"],
         cwd=project,
-        env={
-            **os.environ,
-            "KEDRO_DISABLE_TELEMETRY": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
-        },
+        env=project_env(project),
         capture_output=True,
         text=True,
         check=False,
