@@ -59,6 +59,27 @@ def _wait_for_training(uri: str, process: subprocess.Popen, timeout: float = 240
     pytest.fail("training never started")
 
 
+def _start_slowed(
+    tmp_path: Path, project: Path, uri: str, params: str, hook: str, flag: str, **env: str
+) -> tuple[subprocess.Popen, Path]:
+    """`kedro run` whose interpreter first imports ``hook`` (as sitecustomize), which
+    slows a step and touches the file named by the variable ``flag`` when it begins."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(hook)
+    begun = tmp_path / flag.lower()
+    process = _start(project, uri, params, PYTHONPATH=str(hooks), **{flag: str(begun)}, **env)
+    return process, begun
+
+
+def _wait_for(flag: Path, process: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not flag.exists():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.time() < deadline, f"{what} never began"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_ends_killed(tmp_path: Path, signum: int) -> None:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
@@ -92,22 +113,11 @@ tracking.log_sampler_model = _slow
 def test_an_interrupt_while_the_model_is_logged_ends_every_run_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     project = _project_copy(tmp_path / "project")
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_MODEL_LOGGING)
-    begun = tmp_path / "model_logging_begun"
-    process = _start(
-        project,
-        uri,
-        "data_prep.val_size=20,train.epochs=1,train.batch_size=50",
-        PYTHONPATH=str(hooks),
-        MODEL_LOGGING_BEGUN=str(begun),
+    quick = "data_prep.val_size=20,train.epochs=1,train.batch_size=50"
+    process, begun = _start_slowed(
+        tmp_path, project, uri, quick, SLOW_MODEL_LOGGING, "MODEL_LOGGING_BEGUN"
     )
-    deadline = time.time() + 240
-    while not begun.exists():
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.time() < deadline, "model logging never began"
-        time.sleep(0.2)
+    _wait_for(begun, process, "model logging")
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output[-3000:]
@@ -165,26 +175,19 @@ def test_a_second_signal_does_not_cut_short_a_driven_steps_ending(tmp_path: Path
     project = _project_copy(tmp_path / "project")
     client = mlflow.MlflowClient(uri)
     parent = client.create_run(client.create_experiment("attn_pipeline_mnist")).info.run_id
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_KILLED_ENDING)
-    begun = tmp_path / "ending_begun"
-    process = _start(
+    process, begun = _start_slowed(
+        tmp_path,
         project,
         uri,
         LONG_TRAINING,
+        SLOW_KILLED_ENDING,
+        "ENDING_BEGUN",
         MLFLOW_RUN_ID=parent,
         ATTN_PIPELINE_PARENT_STAYS_RUNNING="1",
-        PYTHONPATH=str(hooks),
-        ENDING_BEGUN=str(begun),
     )
     _wait_for_training(uri, process)
     process.send_signal(signal.SIGTERM)
-    deadline = time.time() + 60
-    while not begun.exists():
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.time() < deadline, "the runs were never ended"
-        time.sleep(0.05)
+    _wait_for(begun, process, "the ending of the runs", timeout=60)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
