@@ -22,9 +22,12 @@ from torch import nn
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import SelfAttention2d, build_vae, count_parameters
 from attn_pipeline.models.attention import AttentionMaps, naive_self_attention
-from attn_pipeline.pipeline_registry import load_parameters
+from attn_pipeline.run_parameters import load_parameters
 from attn_pipeline.training import fit
 from benchmarks._data import load_splits
+
+#: (C, H, W) of MNIST's images
+MNIST_SHAPE = (1, 28, 28)
 
 
 class NaiveSelfAttention2d(SelfAttention2d):
@@ -40,7 +43,7 @@ class NaiveSelfAttention2d(SelfAttention2d):
 
 
 def build(name: str, config: ModelConfig) -> nn.Module:
-    model = build_vae(config)
+    model = build_vae(config, MNIST_SHAPE)
     if name.startswith("naive"):
         width = model.generator.decoder.block.to_v.in_channels
         model.generator.decoder.block = NaiveSelfAttention2d(width)
@@ -51,14 +54,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--variants", nargs="+", default=None, help="entries (default: every <name>.model block)"
+        "--entries", nargs="+", default=None, help="entries (default: every <name>.model block)"
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     train, _, _ = load_splits()
     params = load_parameters(Path("conf"))
-    entries = args.variants or [
+    entries = args.entries or [
         name for name, block in params.items() if isinstance(block, dict) and "model" in block
     ]
     configs = {name: ModelConfig.model_validate(params[name]["model"]) for name in entries}

@@ -28,7 +28,7 @@ KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 
 def _copy(root: Path, variant: str) -> Path:
-    return scratch_project(root, f"variants: [{variant}]\n", data=("05_model_input",))
+    return scratch_project(root, f"entries: [{variant}]\n", data=("05_model_input",))
 
 
 def _start(project: Path, epochs: int) -> subprocess.Popen:

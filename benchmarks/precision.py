@@ -11,7 +11,7 @@ machine state; the fastest of ``--repeats`` rounds of ``--steps`` steps is repor
     .venv/bin/python -m benchmarks.precision --whole-run
 
 ``--whole-run`` times the default ``kedro run`` (train, evaluate and generate every entry of
-``variants`` at the default budget) once with ``train.precision: fp32`` and once with
+``entries`` at the default budget) once with ``train.precision: fp32`` and once with
 ``bf16``, one after the other, each in a scratch copy of the project with a store of its own
 (the prepared data and the stored extractor copied in, so both do the same work), and prints
 both wall-clock times and their ratio (after `kedro run` has prepared the data once).
@@ -35,8 +35,8 @@ import torch
 
 from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import build_vae
-from attn_pipeline.pipeline_registry import load_parameters
 from attn_pipeline.precision import native_bf16, resolve_precision
+from attn_pipeline.run_parameters import load_parameters
 from attn_pipeline.training import _step  # noqa: PLC2701 (the loop's own step is what is timed)
 from benchmarks._project import project_env, scratch_project
 
@@ -56,7 +56,7 @@ def _batch(size: int = 128) -> torch.Tensor:
 def time_steps(config: ModelConfig, precision: str, x: torch.Tensor, steps: int) -> float:
     """Seconds per step, over ``steps`` steps after two untimed ones."""
     torch.manual_seed(0)
-    model = build_vae(config).to(memory_format=torch.channels_last).train()
+    model = build_vae(config, (1, 28, 28)).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     train = TrainConfig(precision=precision, device="cpu")
     resolved = resolve_precision(precision, CPU)

@@ -28,7 +28,7 @@ ATTN_STUDY = str(Path(sys.executable).with_name("attn-study"))
 
 def _copy(root: Path, entry: str, seeds: list[int]) -> Path:
     return scratch_project(
-        root, f"study: {{variants: [{entry}], seeds: {seeds}, baselines: [{entry}]}}\n"
+        root, f"study: {{entries: [{entry}], seeds: {seeds}, baselines: [{entry}]}}\n"
     )
 
 

@@ -25,15 +25,15 @@ from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.datasets import TrainingCheckpointsDataset
 from attn_pipeline.losses import training_objective, vae_loss_terms
 from attn_pipeline.models import build_vae
-from attn_pipeline.pipelines.train.pipeline import variant_template
-from attn_pipeline.tracking import log_sampler_model
+from attn_pipeline.pipelines.train.pipeline import entry_template
+from attn_pipeline.registry import log_sampler_model
 from benchmarks._data import load_splits
 
 
 def bare_loop(images: torch.Tensor, model_config: ModelConfig, config: TrainConfig) -> float:
     """The plainest loop that trains the same model: seconds taken."""
     torch.manual_seed(config.seed)
-    model = build_vae(model_config)
+    model = build_vae(model_config, tuple(images.shape[1:]))
     model.init_output_bias(images.mean(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     started = time.perf_counter()
@@ -62,7 +62,7 @@ def kedro_node(train, val, model_config: ModelConfig, config: TrainConfig) -> fl
         )
         started = time.perf_counter()
         with mlflow.start_run():
-            outputs = SequentialRunner().run(variant_template("none"), catalog)
+            outputs = SequentialRunner().run(entry_template("none"), catalog)
             log_sampler_model(outputs["sampler"].load())
         return time.perf_counter() - started
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ import pytest
 from attn_pipeline.datasets import encode_idx
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+#: The project's folder (this file is tests/conftest.py).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: (C, H, W) of MNIST's images, for tests that build models without data.
+MNIST_SHAPE = (1, 28, 28)
 
 #: Parameters for a real `kedro run` on the tiny data, in seconds rather than minutes.
 TINY_RUN = {
@@ -94,3 +101,14 @@ def raw_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "raw"
     write_raw_dataset(folder)
     return folder
+
+
+def project_copy(root: Path) -> Path:
+    """A project folder at ``root`` for a real `kedro run`: this project's conf (without
+    conf/local) and tiny raw MNIST-like data; the package is this environment's."""
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()
+    write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=120, n_test=20)
+    return root

@@ -7,11 +7,12 @@ with pydantic's message naming the key and what is allowed.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from attn_pipeline.metric_table import METRICS
 from attn_pipeline.variants import VARIANTS, variant_spec
 
 #: Arithmetic of a training's forward pass (:mod:`attn_pipeline.precision`).
@@ -77,7 +78,8 @@ class DataPrepConfig(_Config):
 
 
 class ModelConfig(_Config):
-    """One model variant (``params:<namespace>.model``)."""
+    """One model variant (``params:<namespace>.model``). The images' shape is the data
+    set's (the training split's), not a setting: see :func:`attn_pipeline.models.build_vae`."""
 
     variant: str = Field("none", description="a name of attn_pipeline.variants.VARIANTS")
     backbone: Backbone = "conv"
@@ -86,10 +88,10 @@ class ModelConfig(_Config):
     conv_channels: tuple[PositiveInt, PositiveInt] = Field(
         (32, 64), description="conv backbone: channels at 14x14 and at 7x7"
     )
-    image_channels: PositiveInt = 1
-    image_size: PositiveInt = 28
-    attention_resolution: Literal[7, 14] = Field(
-        14, description="side of the decoder feature map the attention works on (7 or 14)"
+    attention_resolution: PositiveInt = Field(
+        14,
+        description="side of the decoder feature map the attention works on: with the conv "
+        "backbone a quarter or a half of the image side (28x28 images: 7 or 14)",
     )
     attention_loss_weight: float = Field(
         0.0, ge=0, description="weight of the attention loss (variants with a spatial map)"
@@ -204,13 +206,14 @@ class FeatureExtractorConfig(_Config):
 
 
 class ScaleRectangleEdit(_Config):
-    """Multiply the attention inside a pixel rectangle ``[top, bottom) x [left, right)``."""
+    """Multiply the attention inside a pixel rectangle ``[top, bottom) x [left, right)``
+    (inside the image: checked against the data set's image size when it is applied)."""
 
     kind: Literal["scale_rectangle"] = "scale_rectangle"
-    top: int = Field(0, ge=0, le=28)
-    bottom: int = Field(14, ge=0, le=28)
-    left: int = Field(0, ge=0, le=28)
-    right: int = Field(28, ge=0, le=28)
+    top: int = Field(0, ge=0)
+    bottom: int = Field(14, ge=0)
+    left: int = Field(0, ge=0)
+    right: int = Field(28, ge=0)
     factor: float = Field(8.0, ge=0)
 
     @model_validator(mode="after")
@@ -261,14 +264,12 @@ class RegistryConfig(_Config):
 
     champion_metric: str = Field(
         "nll_iw",
-        description="the test metric (a name of attn_pipeline.metrics.table.METRICS) whose "
+        description="the test metric (a name of attn_pipeline.metric_table.METRICS) whose "
         "best version of each registered model gets the alias `champion`",
     )
 
     @model_validator(mode="after")
     def _known_metric(self) -> RegistryConfig:
-        from attn_pipeline.metrics.table import METRICS  # noqa: PLC0415 (metrics imports torch)
-
         if self.champion_metric not in METRICS:
             raise ValueError(
                 f"registry.champion_metric '{self.champion_metric}' is not a test metric; "
@@ -277,24 +278,29 @@ class RegistryConfig(_Config):
         return self
 
 
-class StudyConfig(_Config):
-    """The ``compare`` study (``params:study``): which variants, over which seeds."""
+#: Parameter keys with another name, and the name to use: a file that still has one is
+#: refused with this hint (an unknown key would otherwise be named without it).
+RENAMED_KEYS = {"variants": "entries", "study.variants": "study.entries"}
 
-    variants: list[str] = Field(
-        default_factory=lambda: [
-            "none",
-            "none_wide",
-            "latent",
-            "spatial",
-            "spatial_gate",
-            "self",
-            "cbam",
-        ],
-        min_length=1,
-    )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+
+def refuse_renamed(values: dict, prefix: str = "") -> None:
+    """Raise ``ConfigError`` for a key of ``values`` that :data:`RENAMED_KEYS` renames."""
+    for key in values:
+        new = RENAMED_KEYS.get(prefix + key)
+        if new is not None:
+            raise ConfigError(
+                f"the parameter '{prefix}{key}' is called '{new}': rename it (it lists study "
+                "entries, each a '<name>.model' block; 'variant' names an architecture)"
+            )
+
+
+class StudyConfig(_Config):
+    """The ``compare`` study (``params:study``): which entries, over which seeds. The
+    lists are conf/base/parameters_compare.yml's (no default lists here: one list, one place)."""
+
+    entries: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
     baselines: list[str] = Field(
-        default_factory=lambda: ["none", "none_wide"],
         min_length=1,
         description="the entries every other is compared with, paired by seed; the first "
         "is the one the per-metric tables print differences from",
@@ -305,13 +311,20 @@ class StudyConfig(_Config):
         "CPU core, one thread each (at most 8 per GPU where CUDA is used)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            refuse_renamed(values, "study.")
+        return values
+
     @model_validator(mode="after")
     def _baselines_and_distinct_seeds(self) -> StudyConfig:
-        missing = [name for name in self.baselines if name not in self.variants]
+        missing = [name for name in self.baselines if name not in self.entries]
         if missing or len(set(self.baselines)) != len(self.baselines):
             raise ValueError(
-                f"study.baselines {self.baselines} must be distinct names of study.variants "
-                f"{self.variants}: add them to study.variants, or set study.baselines to "
+                f"study.baselines {self.baselines} must be distinct names of study.entries "
+                f"{self.entries}: add them to study.entries, or set study.baselines to "
                 "entries it has (for example `baselines: [none]`)"
             )
         if len(set(self.seeds)) != len(self.seeds):

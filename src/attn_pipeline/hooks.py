@@ -57,8 +57,8 @@ def check_parameter_files(
 ) -> set[str]:
     """Refuse a top-level key of an environment's (or ``conf/local``'s) parameters file that
     base does not have, naming the file: ``trian: {epochs: 3}`` would otherwise train the
-    default budget in silence. A block for an entry the run lists (``variants``,
-    ``study.variants``) is allowed: an environment may define its own entries.
+    default budget in silence. A block for an entry the run lists (``entries``,
+    ``study.entries``) is allowed: an environment may define its own entries.
     Returns the keys known to the run (base's and those entries')."""
     known = {key for config in base.values() for key in config} | set(entries)
     for path, config in sorted(overrides.items()):
@@ -68,8 +68,8 @@ def check_parameter_files(
 
 def _listed_entries(params: Mapping[str, Any]) -> set[str]:
     study = params.get("study") or {}
-    return set(params.get("variants") or []) | set(
-        study.get("variants") or [] if isinstance(study, Mapping) else []
+    return set(params.get("entries") or []) | set(
+        study.get("entries") or [] if isinstance(study, Mapping) else []
     )
 
 

@@ -11,7 +11,9 @@ from omegaconf.resolvers import oc
 
 from attn_pipeline.allocator import retain_freed_memory
 from attn_pipeline.hooks import RunPlanCheckHook
-from attn_pipeline.tracking import FlatParamsMlflowHook, VariantRunsHook
+from attn_pipeline.registry import ModelRegistryHook
+from attn_pipeline.run_lifecycle import RunLifecycleHook
+from attn_pipeline.tracking import CatalogLoggingHook, EntryRunsHook, FlatParamsMlflowHook
 
 # omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call;
 # the warning repeats on every run and says nothing actionable for this project.
@@ -41,7 +43,15 @@ set_telemetry_client()
 # every kedro command of the project: freed tensors' memory is reused, not faulted in again
 retain_freed_memory()
 
-HOOKS = (RunPlanCheckHook(), FlatParamsMlflowHook(), VariantRunsHook())
+_entry_runs = EntryRunsHook()
+HOOKS = (
+    RunPlanCheckHook(),
+    RunLifecycleHook(),
+    FlatParamsMlflowHook(),
+    _entry_runs,
+    CatalogLoggingHook(_entry_runs),
+    ModelRegistryHook(_entry_runs),
+)
 # kedro-mlflow's own hook is replaced by FlatParamsMlflowHook (its subclass), not run twice
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)  # its distribution name, as its metadata spells it
 

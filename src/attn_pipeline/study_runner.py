@@ -54,8 +54,8 @@ from kedro.framework.startup import bootstrap_project
 from attn_pipeline.config import ConfigError, StudyConfig, TrainConfig
 from attn_pipeline.datasets import REUSED_CELL_TAG_PREFIX
 from attn_pipeline.run_guard import sqlite_path
+from attn_pipeline.run_lifecycle import PARENT_STAYS_RUNNING, owner_tags
 from attn_pipeline.study import CELL_KEY_TAG, cell_key, study_cells
-from attn_pipeline.tracking import PARENT_STAYS_RUNNING, owner_tags
 
 logger = logging.getLogger("attn_pipeline.study")
 
@@ -167,7 +167,7 @@ def _worker_project() -> Path:
 
 
 def _study_override(entries: list[str], seeds: list[int], baselines: list[str]) -> dict:
-    return {"study": {"variants": entries, "seeds": seeds, "baselines": baselines}}
+    return {"study": {"entries": entries, "seeds": seeds, "baselines": baselines}}
 
 
 def kedro_run(
@@ -333,22 +333,20 @@ def _plan(
         if seeds is not None:
             overrides["seeds"] = seeds
         if entries is not None:
-            overrides["variants"] = entries
+            overrides["entries"] = entries
             # the configured baselines that are among the entries
-            overrides["baselines"] = [
-                b for b in configured.get("baselines", StudyConfig().baselines) if b in entries
-            ]
+            baselines = list(configured.get("baselines") or [])
+            overrides["baselines"] = [b for b in baselines if b in entries]
             if not overrides["baselines"]:
                 raise ConfigError(
                     f"--entries {','.join(entries)} has none of the study's baselines "
-                    f"{configured.get('baselines', StudyConfig().baselines)}: add one "
-                    "(the comparison pairs every entry with a baseline)"
+                    f"{baselines}: add one (the comparison pairs every entry with a baseline)"
                 )
         try:
             study = StudyConfig.model_validate({**configured, **overrides})
         except ValueError as error:
             raise ConfigError(f"study: {error}") from None
-        unknown = [e for e in study.variants if "model" not in (params.get(e) or {})]
+        unknown = [e for e in study.entries if "model" not in (params.get(e) or {})]
         if unknown:
             raise ConfigError(
                 f"entries {unknown} have no '<name>.model' block in "
@@ -358,7 +356,7 @@ def _plan(
         shared = tuple(
             node.name
             for node in pipelines["compare"].nodes  # built from this session's parameters
-            if not node.namespace and node.name != "compare_variants"
+            if not node.namespace and node.name != "compare_entries"
         )
         return _Plan(
             study=study,
@@ -547,7 +545,7 @@ def run_study(
     experiment_id = client.get_run(study_run_id).info.experiment_id
     started = time.monotonic()
     try:
-        cells = study_cells(study.variants, study.seeds)
+        cells = study_cells(study.entries, study.seeds)
         keys = {namespace: cell_key(plan.params, entry, seed) for entry, seed, namespace in cells}
         reused = finished_cells(client, experiment_id, keys)
         for namespace, run_id in reused.items():
@@ -608,7 +606,7 @@ def run_study(
                 "MLFLOW_TRACKING_URI": plan.tracking_uri,
                 "MLFLOW_RUN_ID": study_run_id,
             },
-            _study_override(study.variants, study.seeds, study.baselines),
+            _study_override(study.entries, study.seeds, study.baselines),
         )
         if code != 0:
             logger.error("study: the comparison failed (output above)")
@@ -643,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=parse_seeds, help="seeds, e.g. 0-4 (default: study.seeds)")
     parser.add_argument(
-        "--entries", type=parse_entries, help="entries, e.g. none,latent (default: study.variants)"
+        "--entries", type=parse_entries, help="entries, e.g. none,latent (default: study.entries)"
     )
     parser.add_argument(
         "--dashboard",

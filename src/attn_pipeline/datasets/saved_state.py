@@ -127,9 +127,9 @@ class TrainingCheckpointsDataset(_HandleDataset):
 
     Example catalog entry::
 
-        "{variant}.training_checkpoints":
+        "{entry}.training_checkpoints":
           type: attn_pipeline.datasets.TrainingCheckpointsDataset
-          path: data/06_models/{variant}/training
+          path: data/06_models/{entry}/training
     """
 
     def load(self) -> CheckpointFolders:
@@ -168,9 +168,9 @@ class ResultCacheDataset(_HandleDataset):
 
     Example catalog entry::
 
-        "{variant}.evaluation_cache":
+        "{entry}.evaluation_cache":
           type: attn_pipeline.datasets.ResultCacheDataset
-          path: data/07_model_output/{variant}/evaluations
+          path: data/07_model_output/{entry}/evaluations
     """
 
     def load(self) -> ResultCache:

@@ -82,9 +82,9 @@ class TorchDataset(AbstractDataset[Any, Any]):
 
     Example catalog entry::
 
-        "{variant}.checkpoint":
+        "{entry}.checkpoint":
           type: attn_pipeline.datasets.TorchDataset
-          filepath: data/06_models/{variant}/model.pt
+          filepath: data/06_models/{entry}/model.pt
     """
 
     def __init__(

@@ -22,26 +22,31 @@ from .generation import classifier_view
 EMPHASIS = 8.0
 SUPPRESSION = 0.05
 
-#: The edited regions, as pixel rectangles (top, bottom, left, right) of a 28x28 image.
-HALVES: dict[str, tuple[int, int, int, int]] = {
-    "top": (0, 14, 0, 28),
-    "bottom": (14, 28, 0, 28),
-    "left": (0, 28, 0, 14),
-    "right": (0, 28, 14, 28),
+#: The edited regions: each half of the image as (top, bottom, left, right) in units of the
+#: image's side (a 28x28 image's top half is rows [0, 14), columns [0, 28)).
+HALVES: dict[str, tuple[float, float, float, float]] = {
+    "top": (0, 0.5, 0, 1),
+    "bottom": (0.5, 1, 0, 1),
+    "left": (0, 1, 0, 0.5),
+    "right": (0, 1, 0.5, 1),
 }
 
 
-def half_edit(half: str, factor: float) -> ScaleRectangle:
+def half_rectangle(half: str, image_size: int) -> dict[str, int]:
+    """``half`` of an ``image_size`` square image as pixel bounds ``top, bottom, left, right``."""
+    top, bottom, left, right = (round(edge * image_size) for edge in HALVES[half])
+    return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+
+def half_edit(half: str, factor: float, image_size: int) -> ScaleRectangle:
     """The edit that multiplies the map inside ``half`` by ``factor`` and renormalises."""
-    top, bottom, left, right = HALVES[half]
-    return ScaleRectangle(top=top, bottom=bottom, left=left, right=right, factor=factor)
+    return ScaleRectangle(**half_rectangle(half, image_size), factor=factor, image_size=image_size)
 
 
-def region_mask(half: str, image_size: int = 28) -> torch.Tensor:
+def region_mask(half: str, image_size: int) -> torch.Tensor:
     """``(image_size, image_size)`` bool mask of the pixels of ``half``."""
-    top, bottom, left, right = HALVES[half]
     # at the image's own resolution every cell is a pixel
-    return rectangle_mask(image_size, image_size, top=top, bottom=bottom, left=left, right=right)
+    return rectangle_mask(image_size, image_size, **half_rectangle(half, image_size))
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def steering_metrics(
     device = next(model.parameters()).device
     noise = torch.Generator(device=device).manual_seed(seed)
     kinds = {"emphasis": emphasis, "suppression": suppression}
+    image_size = model.image_shape[-1]
     totals = {(kind, key): 0.0 for kind in kinds for key in EditEffect.__dataclass_fields__}
     confidence_before = confidence_after = kept = 0.0
     n_steered = 0
@@ -117,9 +123,9 @@ def steering_metrics(
         confidence_before += float(top_before.values.sum())
         for kind, factor in kinds.items():
             for half in HALVES:
-                edit = half_edit(half, factor)
+                edit = half_edit(half, factor, image_size)
                 after = torch.sigmoid(model.decode(z, edit).logits)
-                effect = edit_effect(before, after, region_mask(half).to(device))
+                effect = edit_effect(before, after, region_mask(half, image_size).to(device))
                 for key in EditEffect.__dataclass_fields__:
                     totals[(kind, key)] += getattr(effect, key)
                 top_after = classifier_view(extractor, after).probabilities.max(1)

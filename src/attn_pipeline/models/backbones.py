@@ -1,8 +1,9 @@
-"""Encoder and decoder backbones for 28x28 images.
+"""Encoder and decoder backbones for images of any ``(C, H, W)`` the data set has.
 
 Encoders map images to the parameters of a diagonal Gaussian posterior; decoders map a
-code vector to per-pixel Bernoulli logits. The MLP pair is the classic 784-400-z shape
-(the blog post's and pytorch/examples'); the conv pair downsamples twice by 2.
+code vector to per-pixel Bernoulli logits. The MLP pair is the classic 784-400-z shape on
+MNIST (the blog post's and pytorch/examples'); the conv pair downsamples twice by 2, so it
+takes square images whose side is a multiple of 4 (MNIST: 28 -> 14 -> 7).
 """
 
 from __future__ import annotations
@@ -103,21 +104,37 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
         return F.pixel_shuffle(F.conv2d(x, kernel, bias, padding=1), 2)
 
 
-class ConvEncoder(nn.Module):
-    """``(B, C, 28, 28) -> mu (B, z), logvar (B, z)``: two stride-2 convs, 28 -> 14 -> 7."""
+def conv_sides(image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """The sides of the conv backbone's two feature maps, ``(H / 4, H / 2)``, for square
+    images whose side is a multiple of 4 (28x28: 7 and 14)."""
+    _, height, width = image_shape
+    if height != width or height % 4:
+        raise ValueError(
+            f"the conv backbone takes square images whose side is a multiple of 4, not "
+            f"{height}x{width}: use backbone: mlp, or pad the images (data_prep)"
+        )
+    return height // 4, height // 2
 
-    def __init__(self, *, image_channels: int, channels: tuple[int, int], latent_dim: int) -> None:
+
+class ConvEncoder(nn.Module):
+    """``(B, C, H, H) -> mu (B, z), logvar (B, z)``: two stride-2 convs, H -> H/2 -> H/4
+    (28 -> 14 -> 7)."""
+
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], channels: tuple[int, int], latent_dim: int
+    ) -> None:
         super().__init__()
         c1, c2 = channels
+        coarse, _ = conv_sides(image_shape)
         self.features = nn.Sequential(
-            nn.Conv2d(image_channels, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
+            nn.Conv2d(image_shape[0], c1, kernel_size=4, stride=2, padding=1),  # (B, c1, H/2, H/2)
             nn.ReLU(),
-            nn.Conv2d(c1, c2, kernel_size=4, stride=2, padding=1),  # (B, c2, 7, 7)
+            nn.Conv2d(c1, c2, kernel_size=4, stride=2, padding=1),  # (B, c2, H/4, H/4)
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.to_mu = nn.Linear(c2 * 7 * 7, latent_dim)
-        self.to_logvar = nn.Linear(c2 * 7 * 7, latent_dim)
+        self.to_mu = nn.Linear(c2 * coarse * coarse, latent_dim)
+        self.to_logvar = nn.Linear(c2 * coarse * coarse, latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
@@ -125,11 +142,13 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """``(B, in_dim) -> logits (B, C, 28, 28)``: a linear map to 7x7, two stride-2 deconvs.
+    """``(B, in_dim) -> logits (B, C, H, H)``: a linear map to H/4 x H/4, two stride-2
+    deconvs (28x28 images: 7 -> 14 -> 28).
 
-    Attention hooks in at one resolution, 7 or 14 (``attention_resolution``): a feature
-    block (self-attention, CBAM: ``(B, c, r, r) -> same, maps``) applied to the features
-    there, and/or an attention map ``(B, 1, r, r)`` concatenated to them as an extra channel.
+    Attention hooks in at one resolution, H/4 or H/2 (``attention_resolution``; 7 or 14 for
+    28x28): a feature block (self-attention, CBAM: ``(B, c, r, r) -> same, maps``) applied
+    to the features there, and/or an attention map ``(B, 1, r, r)`` concatenated to them as
+    an extra channel.
     """
 
     def __init__(
@@ -137,24 +156,32 @@ class ConvDecoder(nn.Module):
         *,
         in_dim: int,
         channels: tuple[int, int],
-        image_channels: int,
-        attention_resolution: int = 14,
+        image_shape: tuple[int, int, int],
+        attention_resolution: int,
         block: nn.Module | None = None,
         takes_map: bool = False,
     ) -> None:
         super().__init__()
         c1, c2 = channels
         self.c2 = c2
+        self.coarse, fine = conv_sides(image_shape)
+        if attention_resolution not in (self.coarse, fine):
+            raise ValueError(
+                f"attention_resolution {attention_resolution} is not a side of the conv "
+                f"decoder's feature maps for {image_shape[1]}x{image_shape[2]} images: use "
+                f"{self.coarse} or {fine}"
+            )
         self.attention_resolution = attention_resolution
         self.block = block
         extra = 1 if takes_map else 0
-        at7, at14 = (extra, 0) if attention_resolution == 7 else (0, extra)
-        self.project = nn.Sequential(nn.Linear(in_dim, c2 * 7 * 7), nn.ReLU())
+        at_coarse, at_fine = (extra, 0) if attention_resolution == self.coarse else (0, extra)
+        self.project = nn.Sequential(nn.Linear(in_dim, c2 * self.coarse**2), nn.ReLU())
+        # the attribute names are the state dict's keys (saved models load by them)
         self.up14 = nn.Sequential(
-            nn.ConvTranspose2d(c2 + at7, c1, kernel_size=4, stride=2, padding=1), nn.ReLU()
+            nn.ConvTranspose2d(c2 + at_coarse, c1, kernel_size=4, stride=2, padding=1), nn.ReLU()
         )
-        self.up28 = SubPixelConvTranspose2d(c1 + at14, image_channels, bias=False)
-        self.output_bias = PixelBias((image_channels, 28, 28))
+        self.up28 = SubPixelConvTranspose2d(c1 + at_fine, image_shape[0], bias=False)
+        self.output_bias = PixelBias(image_shape)
 
     def _attend(
         self, h: torch.Tensor, attention_map: torch.Tensor | None, maps: AttentionMaps
@@ -170,10 +197,10 @@ class ConvDecoder(nn.Module):
         self, code: torch.Tensor, attention_map: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, AttentionMaps]:
         maps: AttentionMaps = {}
-        h = self.project(code).view(-1, self.c2, 7, 7)  # (B, c2, 7, 7)
-        if self.attention_resolution == 7:
+        h = self.project(code).view(-1, self.c2, self.coarse, self.coarse)  # (B, c2, H/4, H/4)
+        if self.attention_resolution == self.coarse:
             h = self._attend(h, attention_map, maps)
-        h = self.up14(h)  # (B, c1, 14, 14)
-        if self.attention_resolution == 14:
+        h = self.up14(h)  # (B, c1, H/2, H/2)
+        if self.attention_resolution != self.coarse:
             h = self._attend(h, attention_map, maps)
-        return self.output_bias(self.up28(h)), maps  # (B, C, 28, 28)
+        return self.output_bias(self.up28(h)), maps  # (B, C, H, H)

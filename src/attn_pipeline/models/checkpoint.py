@@ -19,10 +19,27 @@ DATASET = "dataset"
 
 
 def make_checkpoint(
-    model_config: ModelConfig, state_dict: dict[str, torch.Tensor], **meta: Any
+    model_config: ModelConfig,
+    image_shape: tuple[int, int, int],
+    state_dict: dict[str, torch.Tensor],
+    **meta: Any,
 ) -> dict[str, Any]:
-    """Bundle ``state_dict`` with the model config (as plain values) and extra metadata."""
-    return {"model_config": model_config.model_dump(mode="json"), "state_dict": state_dict, **meta}
+    """Bundle ``state_dict`` with what rebuilds its model (the model config as plain values
+    and the images' ``(C, H, W)``) and extra metadata."""
+    return {
+        "model_config": model_config.model_dump(mode="json"),
+        "image_shape": list(image_shape),
+        "state_dict": state_dict,
+        **meta,
+    }
+
+
+def _model_and_shape(checkpoint: dict[str, Any]) -> tuple[ModelConfig, tuple[int, int, int]]:
+    values = dict(checkpoint["model_config"])
+    # a checkpoint without ``image_shape`` carries the images' size in its model config
+    channels, size = values.pop("image_channels", 1), values.pop("image_size", 28)
+    shape = checkpoint.get("image_shape") or (channels, size, size)
+    return ModelConfig.model_validate(values), tuple(shape)
 
 
 def check_trained_on(checkpoint: dict[str, Any], split: dict[str, Any]) -> None:
@@ -48,7 +65,7 @@ def load_checkpoint(
     only if it was trained on that split's data set (:func:`check_trained_on`)."""
     if for_split is not None:
         check_trained_on(checkpoint, for_split)
-    config = ModelConfig.model_validate(checkpoint["model_config"])
-    model = build_vae(config)
+    config, image_shape = _model_and_shape(checkpoint)
+    model = build_vae(config, image_shape)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), config

@@ -7,6 +7,7 @@ classifier trained on the data set itself gives features that separate its class
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import torch
@@ -16,41 +17,55 @@ from attn_pipeline.config import FeatureExtractorConfig
 
 
 class FeatureClassifier(nn.Module):
-    """LeNet-style CNN: two conv blocks (28 -> 14 -> 7), a narrow feature layer, 10 logits.
+    """LeNet-style CNN: two conv blocks (H -> H/2 -> H/4; MNIST 28 -> 14 -> 7), a narrow
+    feature layer, one logit per class.
 
     The feature layer is what the FID-proxy compares. It is kept narrow (``feature_dim``,
     128 by default) because the Fréchet distance's small-sample bias grows with the width.
 
-    Shapes: ``x (B, C, 28, 28) -> logits (B, n_classes)``; :meth:`features` gives
-    ``(B, feature_dim)``.
+    Shapes: ``x (B, C, H, W) -> logits (B, n_classes)`` for ``image_shape (C, H, W)``;
+    :meth:`features` gives ``(B, feature_dim)``.
     """
 
     def __init__(
         self,
         *,
-        image_channels: int = 1,
-        n_classes: int = 10,
+        image_shape: tuple[int, int, int],
+        n_classes: int,
         feature_dim: int = 128,
         channels: tuple[int, int] = (32, 64),
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
+        self.image_shape = tuple(image_shape)
+        image_channels, height, width = self.image_shape
         c1, c2 = channels
         self.body = nn.Sequential(
             nn.Conv2d(image_channels, c1, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
             nn.Conv2d(c1, c2, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, c2, 7, 7)
+            nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, feature_dim),
+            nn.Linear(c2 * (height // 4) * (width // 4), feature_dim),
             nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
 
+    def check_input(self, images: torch.Tensor, what: str) -> None:
+        """Raise ``ValueError`` when ``images (N, C, H, W)`` are not of the shape the
+        classifier was trained on."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"the feature extractor was trained on images of shape {self.image_shape}, "
+                f"but {what} are {tuple(images.shape[1:])}: delete the data set's stored "
+                "extractor (data/06_models/feature_extractor/) and set "
+                "feature_extractor.use_reference: false to train one on these images"
+            )
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, 28, 28) -> (B, feature_dim)``: the penultimate layer (after its ReLU)."""
+        """``(B, C, H, W) -> (B, feature_dim)``: the penultimate layer (after its ReLU)."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,11 +86,24 @@ def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+def extractor_image_shape(checkpoint: dict[str, Any]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images an extractor checkpoint was trained on: recorded under
+    ``image_shape``, or (a checkpoint without it, square images) read off its weights."""
+    if "image_shape" in checkpoint:
+        return tuple(checkpoint["image_shape"])
+    state = checkpoint["state_dict"]
+    channels, c2 = state["body.0.weight"].shape[1], state["body.3.weight"].shape[0]
+    quarter = math.isqrt(state["body.7.weight"].shape[1] // c2)
+    return int(channels), 4 * quarter, 4 * quarter
+
+
 def load_feature_extractor(checkpoint: dict[str, Any]) -> FeatureClassifier:
     """Rebuild the classifier a checkpoint describes, in eval mode on the CPU."""
     config = FeatureExtractorConfig.model_validate(checkpoint["config"])
     model = FeatureClassifier(
-        image_channels=checkpoint["image_channels"], feature_dim=config.feature_dim
+        image_shape=extractor_image_shape(checkpoint),
+        n_classes=checkpoint["state_dict"]["head.1.weight"].shape[0],
+        feature_dim=config.feature_dim,
     )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

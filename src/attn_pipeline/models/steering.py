@@ -30,14 +30,15 @@ def rectangle_mask(
 
 @dataclass(frozen=True)
 class ScaleRectangle:
-    """Multiply the weights inside a pixel rectangle by ``factor``, then renormalise."""
+    """Multiply the weights inside a pixel rectangle of an ``image_size`` square image by
+    ``factor``, then renormalise."""
 
     top: int
     bottom: int
     left: int
     right: int
     factor: float
-    image_size: int = 28
+    image_size: int
 
     def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
         mask = rectangle_mask(

@@ -22,7 +22,7 @@ from .attention import (
     SpatialAttentionMap,
     as_decoder_channel,
 )
-from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_sides
 
 
 @dataclass
@@ -144,6 +144,11 @@ class VAE(nn.Module):
         mu, _ = self.encode(x)
         return self.generator.spatial_map(mu)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the model encodes and draws."""
+        return tuple(self.generator.decoder.output_bias.bias.shape)
+
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output at the training data's mean image ``(C, H, W)``."""
         self.generator.decoder.output_bias.init_from_mean(mean_image)
@@ -179,11 +184,9 @@ def _feature_block(path: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), name)
 
 
-def build_vae(config: ModelConfig) -> VAE:
-    """Build the VAE a :class:`ModelConfig` describes (weights freshly initialised)."""
-    image_shape = (config.image_channels, config.image_size, config.image_size)
-    if config.backbone == "conv" and config.image_size != 28:
-        raise ValueError("the conv backbone is built for 28x28 images; use backbone: mlp")
+def build_vae(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
+    """Build the VAE a :class:`ModelConfig` describes for images of ``image_shape``
+    ``(C, H, W)`` (the data set's), weights freshly initialised."""
     spec = variant_spec(config.variant)
     d, r = config.latent_dim, config.attention_resolution
     latent_attention = LatentSoftmaxAttention(d) if spec.latent_attention else None
@@ -202,16 +205,15 @@ def build_vae(config: ModelConfig) -> VAE:
             in_dim=code_dim + map_values, hidden_dim=config.hidden_dim, image_shape=image_shape
         )
     else:
-        encoder = ConvEncoder(
-            image_channels=config.image_channels, channels=config.conv_channels, latent_dim=d
-        )
+        encoder = ConvEncoder(image_shape=image_shape, channels=config.conv_channels, latent_dim=d)
         c1, c2 = config.conv_channels
-        width = c2 if r == 7 else c1
+        coarse, _ = conv_sides(image_shape)
+        width = c2 if r == coarse else c1
         block = _feature_block(spec.feature_block)(width) if spec.feature_block else None
         decoder = ConvDecoder(
             in_dim=code_dim,
             channels=config.conv_channels,
-            image_channels=config.image_channels,
+            image_shape=image_shape,
             attention_resolution=r,
             block=block,
             takes_map=map_channel,

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from attn_pipeline.metrics.table import (
+from attn_pipeline.metric_table import (
     MEASURED_WITH,
     METRICS,
 )
@@ -40,7 +40,7 @@ def summarise_run(
     run_params: dict[str, Any],
     training_history: pd.DataFrame,
 ) -> dict[str, Any]:
-    """One row of the study: the study entry (its name in ``study.variants``, which keys
+    """One row of the study: the study entry (its name in ``study.entries``, which keys
     the row), its architecture (``model.variant``), seed, size, speed, test metrics, and
     the feature extractor and sample counts its FID-proxy figures were measured with."""
     return {
@@ -74,20 +74,20 @@ def _check_comparable(runs: pd.DataFrame) -> None:
 def compare_study_cells(
     study: dict[str, Any], cells: dict[str, dict[str, Any]]
 ) -> tuple[pd.DataFrame, pd.DataFrame, str, Figure, pd.DataFrame]:
-    """:func:`compare_variants` of the study ``study`` (``params:study``) from its cells'
+    """:func:`compare_entries` of the study ``study`` (``params:study``) from its cells'
     rows as the tracking server holds them (``cells``: namespace -> row); every cell of
     the study must be there."""
-    wanted = [namespace for _, _, namespace in study_cells(study["variants"], study["seeds"])]
+    wanted = [namespace for _, _, namespace in study_cells(study["entries"], study["seeds"])]
     missing = [name for name in wanted if name not in cells]
     if missing:
         raise ValueError(
             f"the study's run has no finished cell {', '.join(missing)}: run `attn-study` "
             "again with the same entries and seeds to make them"
         )
-    return compare_variants(list(study["baselines"]), **{name: cells[name] for name in wanted})
+    return compare_entries(list(study["baselines"]), **{name: cells[name] for name in wanted})
 
 
-def compare_variants(
+def compare_entries(
     baselines: list[str], **rows: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, str, Figure, pd.DataFrame]:
     """The comparison: a table of every entry's figures, the paired differences from the
@@ -106,7 +106,7 @@ def compare_variants(
     if not baselines or missing:
         raise ValueError(
             f"the study's baselines {missing or baselines} (study.baselines) are not among "
-            f"its entries {entries}: add them to study.variants or name others"
+            f"its entries {entries}: add them to study.entries or name others"
         )
     records = []
     for entry in entries:

@@ -1,4 +1,4 @@
-"""compare: the study. For every variant and seed in ``study``, a namespaced copy of
+"""compare: the study. For every entry and seed in ``study``, a namespaced copy of
 train -> evaluate -> generate on the same data split, then one comparison table."""
 
 from collections.abc import Collection, Sequence
@@ -8,7 +8,7 @@ from kedro.pipeline import Node, Pipeline
 from attn_pipeline.pipelines import data_prep, evaluate, generate, train
 from attn_pipeline.study import cell_namespace, run_name
 
-from .nodes import compare_study_cells, compare_variants, summarise_cell
+from .nodes import compare_entries, compare_study_cells, summarise_cell
 
 #: What the comparison writes, whichever way its cells reach it.
 COMPARISON_OUTPUTS = [
@@ -20,16 +20,16 @@ COMPARISON_OUTPUTS = [
 ]
 
 
-def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
-    cell = run_name(variant, seed)
+def _one_run(entry: str, seed: int, steerable: bool) -> Pipeline:
+    cell = run_name(entry, seed)
     template = (
-        train.variant_template(cell, train.train_model_of_cell(variant, seed))
-        + evaluate.variant_template(cell)
-        + generate.variant_template(cell, steerable=steerable)
+        train.entry_template(cell, train.train_model_of_cell(entry, seed))
+        + evaluate.entry_template(cell)
+        + generate.entry_template(cell, steerable=steerable)
         + Pipeline(
             [
                 Node(
-                    summarise_cell(variant),
+                    summarise_cell(entry),
                     inputs=["test_metrics", "evaluation_info", "run_params", "training_history"],
                     outputs="summary",
                     name=f"summarise_{cell}",
@@ -39,10 +39,10 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
     )
     return Pipeline(
         template,
-        namespace=cell_namespace(variant, seed),
+        namespace=cell_namespace(entry, seed),
         inputs={"train_set", "val_set", *evaluate.SHARED_INPUTS},
         parameters={
-            "params:model": f"params:{variant}.model",
+            "params:model": f"params:{entry}.model",
             "params:train": "params:train",
             "params:evaluate": "params:evaluate",
             "params:generate": "params:generate",
@@ -51,17 +51,17 @@ def _one_run(variant: str, seed: int, steerable: bool) -> Pipeline:
 
 
 def create_pipeline(
-    variants: Sequence[str], seeds: Sequence[int], steerable: Collection[str] = (), **kwargs
+    entries: Sequence[str], seeds: Sequence[int], steerable: Collection[str] = (), **kwargs
 ) -> Pipeline:
-    runs = [_one_run(variant, seed, variant in steerable) for variant in variants for seed in seeds]
+    runs = [_one_run(entry, seed, entry in steerable) for entry in entries for seed in seeds]
     table = Node(
-        compare_variants,
+        compare_entries,
         inputs={
             "baselines": "params:study.baselines",
-            **{run_name(v, s): f"{cell_namespace(v, s)}.summary" for v in variants for s in seeds},
+            **{run_name(e, s): f"{cell_namespace(e, s)}.summary" for e in entries for s in seeds},
         },
         outputs=COMPARISON_OUTPUTS,
-        name="compare_variants",
+        name="compare_entries",
     )
     return (
         data_prep.create_pipeline()

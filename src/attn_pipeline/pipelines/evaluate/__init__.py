@@ -1,5 +1,5 @@
 """evaluate pipeline."""
 
-from .pipeline import SHARED_INPUTS, create_pipeline, shared_pipeline, variant_template
+from .pipeline import SHARED_INPUTS, create_pipeline, entry_template, shared_pipeline
 
-__all__ = ["SHARED_INPUTS", "create_pipeline", "shared_pipeline", "variant_template"]
+__all__ = ["SHARED_INPUTS", "create_pipeline", "shared_pipeline", "entry_template"]

@@ -91,6 +91,7 @@ def measure_real_images(
     extractor = load_feature_extractor(feature_extractor).to(
         device, memory_format=torch.channels_last
     )
+    extractor.check_input(test_set["images"], "the test images")
     real = real_images(extractor, test_set["images"][: key["n"]], k=key["k"])
     return {
         **key,

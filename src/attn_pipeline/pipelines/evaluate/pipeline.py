@@ -1,8 +1,8 @@
-"""evaluate: test metrics per variant (namespaced), then one table over all variants.
+"""evaluate: test metrics per entry (namespaced), then one table over all entries.
 
 It starts with the shared steps: the feature_extractor pipeline's node, which trains the
 FID-proxy's classifier only when none is stored for the data set, and the extractor's
-measure of the test images, which every variant is compared with.
+measure of the test images, which every entry is compared with.
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from attn_pipeline.pipelines import EVALUATE_TAG, feature_extractor
 
 from .nodes import evaluate_model, measure_real_images, tabulate_test_metrics
 
-#: What the variants' evaluations share, made once per run (a study's shared step).
+#: What the entries' evaluations share, made once per run (a study's shared step).
 SHARED_INPUTS = {"test_set", "feature_extractor", "test_real_images"}
 
 
@@ -31,8 +31,8 @@ def shared_pipeline() -> Pipeline:
     )
 
 
-def variant_template(label: str) -> Pipeline:
-    """Evaluation of one variant, its node named after ``label`` (see train's template)."""
+def entry_template(label: str) -> Pipeline:
+    """Evaluation of one entry, its node named after ``label`` (see train's template)."""
     return Pipeline(
         [
             Node(
@@ -53,20 +53,20 @@ def variant_template(label: str) -> Pipeline:
     )
 
 
-def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
-    per_variant = [
+def create_pipeline(entries: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
+    per_entry = [
         Pipeline(
-            variant_template(variant),
-            namespace=variant,
+            entry_template(entry),
+            namespace=entry,
             inputs=SHARED_INPUTS,
             parameters={"params:evaluate"},
         )
-        for variant in variants
+        for entry in entries
     ]
     table = Node(
         tabulate_test_metrics,
-        inputs={variant: f"{variant}.test_metrics" for variant in variants},
+        inputs={entry: f"{entry}.test_metrics" for entry in entries},
         outputs="test_metrics_table",
         name="tabulate_test_metrics",
     )
-    return shared_pipeline() + sum(per_variant, start=Pipeline([])) + Pipeline([table])
+    return shared_pipeline() + sum(per_entry, start=Pipeline([])) + Pipeline([table])

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from attn_pipeline.config import FeatureExtractorConfig
 from attn_pipeline.models.classifier import (
     FeatureClassifier,
+    extractor_image_shape,
     state_dict_hash,
 )
 from attn_pipeline.precision import resolve_precision
@@ -42,7 +43,9 @@ def fit_classifier(
     logger.info("feature extractor: training in %s (%s)", precision.name, precision.reason)
     torch.manual_seed(config.seed)
     model = FeatureClassifier(
-        image_channels=train_set["images"].shape[1], feature_dim=config.feature_dim
+        image_shape=tuple(train_set["images"].shape[1:]),
+        n_classes=int(train_set["labels"].max()) + 1,
+        feature_dim=config.feature_dim,
     ).to(device)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -96,6 +99,13 @@ def ensure_feature_extractor(
                 f"'{dataset}': check the catalog path of stored_feature_extractor, or delete "
                 "the file to train a new one"
             )
+        if extractor_image_shape(stored) != tuple(train_set["images"].shape[1:]):
+            raise ValueError(
+                f"the stored feature extractor of '{dataset}' takes images of shape "
+                f"{extractor_image_shape(stored)}, but the data's are "
+                f"{tuple(train_set['images'].shape[1:])}: delete it to train a new one "
+                "(with feature_extractor.use_reference: false)"
+            )
         logger.info(
             "using the stored feature extractor %s (test accuracy %.4f)",
             stored["hash"],
@@ -109,7 +119,7 @@ def ensure_feature_extractor(
     checkpoint = {
         "dataset": dataset,
         "config": config.model_dump(mode="json"),
-        "image_channels": int(train_set["images"].shape[1]),
+        "image_shape": list(train_set["images"].shape[1:]),
         "state_dict": state,
         "test_accuracy": accuracy,
         "n_test_images": len(test_set["images"]),

@@ -1,5 +1,5 @@
 """generate pipeline."""
 
-from .pipeline import create_pipeline, variant_template
+from .pipeline import create_pipeline, entry_template
 
-__all__ = ["create_pipeline", "variant_template"]
+__all__ = ["create_pipeline", "entry_template"]

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from attn_pipeline.config import GenerateConfig, ScaleRectangleEdit
+from attn_pipeline.config import ConfigError, GenerateConfig, ScaleRectangleEdit
 from attn_pipeline.metrics.steering import EMPHASIS, HALVES, SUPPRESSION, half_edit
 from attn_pipeline.models import VAE, load_checkpoint
 from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, TransplantMap
@@ -64,10 +64,18 @@ def render_images(
     )
 
 
+def _show(ax, image: torch.Tensor) -> None:
+    """Draw ``image (C, H, W)`` in [0, 1]: grey for one channel, colour for three."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1))
+
+
 def _overlay(ax, image: torch.Tensor, attention_map: torch.Tensor, title: str) -> None:
-    """Draw ``attention_map (1, h, w)`` as a heat map over ``image (1, 28, 28)``."""
+    """Draw ``attention_map (1, h, w)`` as a heat map over ``image (C, H, W)``."""
     upsampled = F.interpolate(attention_map[None], size=image.shape[-2:], mode="nearest")[0, 0]
-    ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+    _show(ax, image)
     ax.imshow(upsampled, cmap="inferno", alpha=0.55)
     ax.set_title(title, fontsize=7)
 
@@ -98,9 +106,9 @@ def plot_attention_maps(
     figure = Figure(figsize=(1.3 * n_cols, 1.3 * len(x)), layout="constrained")
     axes = figure.subplots(len(x), n_cols, squeeze=False)
     for row in range(len(x)):
-        axes[row, 0].imshow(x[row, 0], cmap="gray", vmin=0, vmax=1)
+        _show(axes[row, 0], x[row])
         axes[row, 0].set_title("input", fontsize=7)
-        axes[row, 1].imshow(recon[row, 0], cmap="gray", vmin=0, vmax=1)
+        _show(axes[row, 1], recon[row])
         axes[row, 1].set_title("reconstruction", fontsize=7)
         for col, name in enumerate(names, start=2):
             value = out.attention[name][row]
@@ -120,16 +128,24 @@ def plot_attention_maps(
     return figure
 
 
-def steering_edit(config: GenerateConfig) -> AttentionEdit:
-    """The attention edit that ``generate.steering`` describes."""
+def steering_edit(config: GenerateConfig, image_size: int) -> AttentionEdit:
+    """The attention edit that ``generate.steering`` describes, for ``image_size`` square
+    images; a rectangle reaching outside them is refused, naming the bounds."""
     edit = config.steering
     if isinstance(edit, ScaleRectangleEdit):
+        if max(edit.bottom, edit.right) > image_size:
+            raise ConfigError(
+                f"generate.steering's rectangle rows [{edit.top}, {edit.bottom}) x cols "
+                f"[{edit.left}, {edit.right}) reaches outside the {image_size}x{image_size} "
+                f"images: keep bottom and right at most {image_size}"
+            )
         return ScaleRectangle(
             top=edit.top,
             bottom=edit.bottom,
             left=edit.left,
             right=edit.right,
             factor=edit.factor,
+            image_size=image_size,
         )
     return ReplaceMap(values=tuple(tuple(row) for row in edit.values))
 
@@ -148,8 +164,9 @@ def steering_rows(
     transplanted; ``custom_edit``. Returns ``(label, images (B, C, H, W), maps (B, 1, h, w))`` rows.
     """
     edits: list[tuple[str, AttentionEdit | None]] = [("unsteered", None)]
+    size = model.image_shape[-1]
     for kind, factor in (("emphasised", EMPHASIS), ("suppressed", SUPPRESSION)):
-        edits += [(f"{half} {kind} x{factor:g}", half_edit(half, factor)) for half in HALVES]
+        edits += [(f"{half} {kind} x{factor:g}", half_edit(half, factor, size)) for half in HALVES]
     edits += [
         ("map of a test image", TransplantMap(model.attention_map_of(donors))),
         ("configured edit", custom_edit),
@@ -176,13 +193,13 @@ def render_steering(
     images = test_set["images"]
     donors = images[torch.randperm(len(images), generator=noise)[: config.n_steered]]
     rows = [("test images (map donors)", donors, model.attention_map_of(donors).detach())]
-    rows += steering_rows(model, z, donors, steering_edit(config))
+    rows += steering_rows(model, z, donors, steering_edit(config, model.image_shape[-1]))
     n = len(z)
     figure = Figure(figsize=(0.62 * 2 * n + 1.2, 0.66 * len(rows) + 0.5), layout="constrained")
     axes = figure.subplots(len(rows), 2 * n, squeeze=False)
     for r, (label, values, maps) in enumerate(rows):
         for c in range(n):
-            axes[r, 2 * c].imshow(values[c, 0], cmap="gray", vmin=0, vmax=1)
+            _show(axes[r, 2 * c], values[c])
             axes[r, 2 * c + 1].imshow(maps[c, 0], cmap="inferno", vmin=0)
         axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
     for ax in axes.flat:

@@ -1,4 +1,4 @@
-"""generate: image grids, attention maps and (where the variant has a spatial map) steering."""
+"""generate: image grids, attention maps and (where the entry has a spatial map) steering."""
 
 from collections.abc import Collection, Sequence
 
@@ -9,8 +9,8 @@ from attn_pipeline.pipelines import GENERATE_TAG
 from .nodes import plot_attention_maps, render_images, render_steering
 
 
-def variant_template(label: str, steerable: bool = False) -> Pipeline:
-    """Images of one variant, its nodes named after ``label`` (see train's template)."""
+def entry_template(label: str, steerable: bool = False) -> Pipeline:
+    """Images of one entry, its nodes named after ``label`` (see train's template)."""
     nodes = [
         Node(
             render_images,
@@ -41,18 +41,18 @@ def variant_template(label: str, steerable: bool = False) -> Pipeline:
 
 
 def create_pipeline(
-    variants: Sequence[str] = ("none", "latent"), steerable: Collection[str] = (), **kwargs
+    entries: Sequence[str] = ("none", "latent"), steerable: Collection[str] = (), **kwargs
 ) -> Pipeline:
-    """One namespaced copy per variant; ``steerable`` names those with an editable map."""
+    """One namespaced copy per entry; ``steerable`` names those with an editable map."""
     return sum(
         (
             Pipeline(
-                variant_template(variant, steerable=variant in steerable),
-                namespace=variant,
+                entry_template(entry, steerable=entry in steerable),
+                namespace=entry,
                 inputs={"test_set"},
                 parameters={"params:generate"},
             )
-            for variant in variants
+            for entry in entries
         ),
         start=Pipeline([]),
     )

@@ -78,7 +78,8 @@ def train_model(
             log_epoch_metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
 
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
-    model = build_vae(model_config)
+    image_shape = tuple(train_set["images"].shape[1:])  # the data set's (C, H, W)
+    model = build_vae(model_config, image_shape)
     model.init_output_bias(train_set["images"].mean(dim=0))
     n_parameters = count_parameters(model)
     meta = {
@@ -93,7 +94,9 @@ def train_model(
     }
 
     def save_epoch(state: TrainingState) -> None:
-        epoch_checkpoint = make_checkpoint(model_config, state.model, epoch=state.epoch, **meta)
+        epoch_checkpoint = make_checkpoint(
+            model_config, image_shape, state.model, epoch=state.epoch, **meta
+        )
         checkpoints.save(state.epoch, epoch_checkpoint, state.to_dict())
 
     result = fit(
@@ -107,7 +110,9 @@ def train_model(
         binarize=is_binarized(train_set),
         name=name,
     )
-    final = make_checkpoint(model_config, model.state_dict(), epoch=train_config.epochs, **meta)
+    final = make_checkpoint(
+        model_config, image_shape, model.state_dict(), epoch=train_config.epochs, **meta
+    )
     run_params = {
         "model": model_config.model_dump(mode="json"),
         "train": train_config.model_dump(mode="json"),

@@ -1,4 +1,4 @@
-"""train: one namespaced copy of the training node per model variant."""
+"""train: one namespaced copy of the training node per entry."""
 
 from collections.abc import Callable, Sequence
 
@@ -11,8 +11,8 @@ from .nodes import train_model
 #: The tag of every training node (``kedro run --tags train``; the run's budget check).
 
 
-def variant_template(label: str, train_func: Callable = train_model) -> Pipeline:
-    """Training for one variant; ``params:model`` is namespaced, ``params:train`` shared.
+def entry_template(label: str, train_func: Callable = train_model) -> Pipeline:
+    """Training for one entry; ``params:model`` is namespaced, ``params:train`` shared.
 
     The node is named after ``label`` (the entry, or the study cell), so that kedro viz
     tells the copies apart (``train_latent``); the tag ``train`` selects every copy.
@@ -42,16 +42,16 @@ def variant_template(label: str, train_func: Callable = train_model) -> Pipeline
     )
 
 
-def create_pipeline(variants: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
+def create_pipeline(entries: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
     return sum(
         (
             Pipeline(
-                variant_template(variant),
-                namespace=variant,
+                entry_template(entry),
+                namespace=entry,
                 inputs={"train_set", "val_set"},
                 parameters={"params:train"},
             )
-            for variant in variants
+            for entry in entries
         ),
         start=Pipeline([]),
     )

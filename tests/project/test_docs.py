@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PROJECT_ROOT
+
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REFRESH = PROJECT_ROOT / "docs" / "refresh_results.py"
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "chrome"))), None)
 NAV_LINK = re.compile(r'href="([^"]*)"[^>]*class="md-nav__link')

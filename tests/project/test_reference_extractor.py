@@ -16,8 +16,8 @@ from attn_pipeline.fetch_data import ENV_VAR
 from attn_pipeline.models.classifier import load_feature_extractor, state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import prepare_test_set
 from attn_pipeline.pipelines.feature_extractor.nodes import classifier_accuracy
+from tests.conftest import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = PROJECT_ROOT / "src" / "attn_pipeline" / "reference" / "feature_extractor"
 #: The documented figures (docs/metrics.md): hash and accuracy on the full official test set.
 DOCUMENTED = {

@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from attn_pipeline.config import StudyConfig
-from attn_pipeline.metrics.table import METRICS
+from attn_pipeline.metric_table import METRICS
 from attn_pipeline.pipelines.compare.nodes import (
+    compare_entries,
     compare_study_cells,
-    compare_variants,
     summarise_run,
 )
 from attn_pipeline.pipelines.compare.statistics import holm
@@ -57,7 +57,7 @@ def test_paired_differences_and_t_interval() -> None:
         "spatial_seed1": _row("spatial", 1, 100.8),
         "spatial_seed2": _row("spatial", 2, 100.2),
     }
-    table, differences, markdown, figure, runs = compare_variants(baselines=["none"], **rows)
+    table, differences, markdown, figure, runs = compare_entries(baselines=["none"], **rows)
     spatial = table.set_index("entry").loc["spatial"]
     paired = pd.Series([-1.0, -1.2, -0.8])
     assert spatial["neg_elbo_mean"] == pytest.approx(100.0)
@@ -88,7 +88,7 @@ def test_higher_is_better_metrics_get_the_right_verdict() -> None:
     rows = {f"none{s}": _row("none", s, 100.0) for s in range(3)}
     for s, recall in enumerate((0.60, 0.61, 0.62)):
         rows[f"cbam{s}"] = {**_row("cbam", s, 100.0), "recall": recall}
-    _, _, markdown, _, _ = compare_variants(baselines=["none"], **rows)
+    _, _, markdown, _, _ = compare_entries(baselines=["none"], **rows)
     assert "+0.110 [±0.025] better" in markdown
 
 
@@ -100,7 +100,7 @@ def test_figures_from_different_extractors_are_refused() -> None:
     with pytest.raises(
         ValueError, match=r"different feature extractors \(abc: none_seed0; def: spatial_seed0\)"
     ):
-        compare_variants(baselines=["none"], **rows)
+        compare_entries(baselines=["none"], **rows)
 
 
 def test_cells_of_other_data_are_refused_by_name() -> None:
@@ -112,7 +112,7 @@ def test_cells_of_other_data_are_refused_by_name() -> None:
         "study.none_seed1": _row("none", 1, 100.0, data="d2"),
         "study.spatial_seed1": _row("spatial", 1, 99.0),
     }
-    study = {"variants": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
+    study = {"entries": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
     with pytest.raises(
         ValueError,
         match=r"different data .*d1: none_seed0, spatial_seed0, "
@@ -126,7 +126,7 @@ def test_the_comparison_of_tracked_cells_needs_every_cell() -> None:
         "study.none_seed0": _row("none", 0, 100.0),
         "study.spatial_seed0": _row("spatial", 0, 9),
     }
-    study = {"variants": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
+    study = {"entries": ["none", "spatial"], "seeds": [0, 1], "baselines": ["none"]}
     with pytest.raises(ValueError, match="no finished cell study.none_seed1, study.spatial_seed1"):
         compare_study_cells(study, cells)
     table, *_ = compare_study_cells({**study, "seeds": [0]}, cells)
@@ -140,7 +140,7 @@ def test_overlapping_interval_is_called_no_clear_difference() -> None:
         "c": _row("self", 0, 101.0),
         "d": _row("self", 1, 100.0),
     }
-    _, _, markdown, _, _ = compare_variants(baselines=["none"], **rows)
+    _, _, markdown, _, _ = compare_entries(baselines=["none"], **rows)
     assert "no clear difference" in markdown
 
 
@@ -150,7 +150,7 @@ def test_a_comparison_of_one_seed_has_no_verdict_and_leaves_the_family() -> None
     rows = {f"none{s}": _row("none", s, 100.0 + 0.1 * s) for s in range(3)}
     rows |= {f"a{s}": _row("a", s, 99.0 + 0.2 * s * s) for s in range(3)}
     rows["b0"] = _row("b", 0, 98.0)
-    _, differences, markdown, _, _ = compare_variants(baselines=["none"], **rows)
+    _, differences, markdown, _, _ = compare_entries(baselines=["none"], **rows)
     nll = differences[differences["metric"] == "nll_iw"].set_index("entry")
     assert nll.loc["b", "verdict"] == "too few seeds" and math.isnan(nll.loc["b", "p_holm"])
     assert nll.loc["a", "p_holm"] == pytest.approx(nll.loc["a", "p"])  # a family of one
@@ -159,9 +159,9 @@ def test_a_comparison_of_one_seed_has_no_verdict_and_leaves_the_family() -> None
 
 def test_study_without_the_baseline_is_refused() -> None:
     with pytest.raises(ValueError, match=r"baselines \['none'\] .* not among its entries"):
-        compare_variants(baselines=["none"], a=_row("latent", 0, 100.0))
+        compare_entries(baselines=["none"], a=_row("latent", 0, 100.0))
     with pytest.raises(ValueError, match=r"study.baselines \['wide'\] must be distinct names of"):
-        StudyConfig(variants=["none", "latent"], baselines=["wide"])
+        StudyConfig(entries=["none", "latent"], seeds=[0], baselines=["wide"])
 
 
 def test_rows_are_keyed_by_entry_not_architecture() -> None:
@@ -171,7 +171,7 @@ def test_rows_are_keyed_by_entry_not_architecture() -> None:
     for s in range(2):
         rows[f"none_seed{s}"] = _row("none", s, 100.0 + s)
         rows[f"none_wide_seed{s}"] = _row("none_wide", s, 99.0 + s, architecture="none")
-    table, differences, markdown, _, _ = compare_variants(baselines=["none_wide"], **rows)
+    table, differences, markdown, _, _ = compare_entries(baselines=["none_wide"], **rows)
     assert list(table["entry"]) == ["none", "none_wide"]
     assert list(table["seeds"]) == [2, 2]
     elbo = differences.set_index(["entry", "metric"]).loc[("none", "neg_elbo")]
@@ -186,11 +186,11 @@ def test_a_section_no_entry_has_is_left_out_of_the_tables() -> None:
     plain = {f"{e}_seed{s}": _row(e, s, 100.0 + s) for e in ("none", "cbam") for s in range(2)}
     for row in plain.values():
         row.update({metric: math.nan for metric in METRICS if metric.startswith("steer_")})
-    _, _, markdown, _, _ = compare_variants(baselines=["none"], **plain)
+    _, _, markdown, _, _ = compare_entries(baselines=["none"], **plain)
     assert "**Steering by attention" not in markdown
     assert "**Samples, on the feature extractor's features**" in markdown
     steerable = {f"spatial_gate_seed{s}": _row("spatial_gate", s, 100.0 + s) for s in range(2)}
-    _, _, markdown, _, _ = compare_variants(baselines=["none"], **plain, **steerable)
+    _, _, markdown, _, _ = compare_entries(baselines=["none"], **plain, **steerable)
     steering = markdown.split("**Steering by attention")[1].split("\n\n")[1]
     assert [line.split(" | ")[0] for line in steering.splitlines()[2:]] == ["| spatial_gate"]
 
@@ -216,7 +216,7 @@ def test_two_baselines_each_family_adjusted_and_compared_once() -> None:
                 **_row(entry, s, 100.0 + e + offset + jitter),
                 "n_parameters": 130 if entry in ("wide", "a") else 100,
             }
-    _, differences, markdown, figure, _ = compare_variants(baselines=["none", "wide"], **rows)
+    _, differences, markdown, figure, _ = compare_entries(baselines=["none", "wide"], **rows)
     headline = differences[differences["metric"] == "nll_iw"]
     pairs = list(zip(headline["entry"], headline["baseline"], strict=True))
     assert pairs == [

@@ -21,8 +21,7 @@ from attn_pipeline.datasets import CheckpointFolders, TrainingCheckpoints
 from attn_pipeline.models import build_vae
 from attn_pipeline.pipelines.train.nodes import train_model
 from attn_pipeline.training import TrainingState, fit
-from tests.conftest import write_raw_dataset
-from tests.test_run_guard import _project_copy
+from tests.conftest import MNIST_SHAPE, project_copy, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
@@ -41,7 +40,7 @@ def _images(n: int = 256) -> torch.Tensor:
 def _model(variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
     extra = {"attention_loss_weight": 1.0, "attention_target": "ink"} if variant != "none" else {}
-    return build_vae(ModelConfig(variant=variant, **extra))
+    return build_vae(ModelConfig(variant=variant, **extra), MNIST_SHAPE)
 
 
 def _through_disk(state: TrainingState) -> TrainingState:
@@ -147,10 +146,10 @@ ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _project(root: Path) -> Path:
-    project = _project_copy(root)
+    project = project_copy(root)
     # enough images that an epoch lasts long enough to be killed in (a second or so)
     write_raw_dataset(project / "data" / "01_raw" / "mnist", n_train=1600, n_test=20)
-    (project / "conf" / "local" / "parameters.yml").write_text("variants: [none]\n")
+    (project / "conf" / "local" / "parameters.yml").write_text("entries: [none]\n")
     return project
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.test_run_guard import _project_copy
+from tests.conftest import project_copy
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def _wait_for(flag: Path, process: subprocess.Popen, what: str, timeout: float =
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_ends_killed(tmp_path: Path, signum: int) -> None:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    project = _project_copy(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     process = _start(project, uri, LONG_TRAINING)
     _wait_for_training(uri, process)
     process.send_signal(signum)
@@ -100,19 +100,19 @@ def test_an_interrupted_run_ends_killed(tmp_path: Path, signum: int) -> None:
 #: leaving a file that says it has begun, so that a signal lands inside it.
 SLOW_MODEL_LOGGING = """
 import os, pathlib, time
-import attn_pipeline.tracking as tracking
-_log_sampler_model = tracking.log_sampler_model
+import attn_pipeline.registry as registry
+_log_sampler_model = registry.log_sampler_model
 def _slow(sampler):
     pathlib.Path(os.environ["MODEL_LOGGING_BEGUN"]).touch()
     time.sleep(60)
     return _log_sampler_model(sampler)
-tracking.log_sampler_model = _slow
+registry.log_sampler_model = _slow
 """
 
 
 def test_an_interrupt_while_the_model_is_logged_ends_every_run_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    project = _project_copy(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     quick = "data_prep.val_size=20,train.epochs=1,train.batch_size=50"
     process, begun = _start_slowed(
         tmp_path, project, uri, quick, SLOW_MODEL_LOGGING, "MODEL_LOGGING_BEGUN"
@@ -131,7 +131,7 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed_by_the_next_run
     tmp_path: Path,
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    project = _project_copy(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     process = _start(project, uri, LONG_TRAINING)
     _wait_for_training(uri, process)
     process.kill()
@@ -172,7 +172,7 @@ def test_a_second_signal_does_not_cut_short_a_driven_steps_ending(tmp_path: Path
     worker's own SIGTERM), the second while the runs are being ended: the step's runs all
     end KILLED, and the driver's run is left RUNNING for the driver to end."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    project = _project_copy(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     client = mlflow.MlflowClient(uri)
     parent = client.create_run(client.create_experiment("attn_pipeline_mnist")).info.run_id
     process, begun = _start_slowed(

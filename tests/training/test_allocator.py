@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 from attn_pipeline.config import ModelConfig
 from attn_pipeline.losses import bernoulli_nll
 from attn_pipeline.models import build_vae
-model = build_vae(ModelConfig(variant="none"))
+model = build_vae(ModelConfig(variant="none"), (1, 28, 28))
 optimizer = torch.optim.Adam(model.parameters())
 x = torch.rand(128, 1, 28, 28)
 def step():

@@ -11,7 +11,7 @@ from attn_pipeline.models.attention import relative_map
 from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, rectangle_mask
 from attn_pipeline.pipelines.generate.nodes import steering_rows
 from attn_pipeline.training import fit
-from tests.conftest import digit_like_images
+from tests.conftest import MNIST_SHAPE, digit_like_images
 
 
 def _batch(n: int = 64) -> torch.Tensor:
@@ -46,7 +46,7 @@ def test_weight_zero_changes_nothing() -> None:
     """With the attention term computed but weighted 0, loss and gradients are the VAE's."""
     x = _batch()
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="spatial", latent_dim=8))
+    model = build_vae(ModelConfig(variant="spatial", latent_dim=8), MNIST_SHAPE)
     results = []
     for with_attention in (False, True):
         model.zero_grad()
@@ -74,7 +74,7 @@ def test_attention_loss_trains_the_map_and_is_logged_when_weighted() -> None:
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
         model = build_vae(
-            ModelConfig(variant="spatial", latent_dim=8, attention_loss_weight=weight)
+            ModelConfig(variant="spatial", latent_dim=8, attention_loss_weight=weight), MNIST_SHAPE
         )
         config = TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3)
         histories[weight] = fit(model, x, None, config, show_progress=False).history
@@ -93,7 +93,9 @@ def test_rectangle_mask_uses_image_coordinates() -> None:
 
 def test_edits_keep_a_distribution() -> None:
     attention = torch.softmax(torch.randn(3, 196), -1).view(3, 1, 14, 14)
-    scaled = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=5.0)(attention)
+    scaled = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=5.0, image_size=28)(
+        attention
+    )
     torch.testing.assert_close(scaled.sum(dim=(2, 3)), torch.ones(3, 1))
     top_half = rectangle_mask(14, 28, top=0, bottom=14, left=0, right=28)
     assert bool((scaled[:, 0][:, top_half].sum(1) > attention[:, 0][:, top_half].sum(1)).all())
@@ -108,7 +110,9 @@ def test_the_gate_ignores_renormalisation_outside_the_edit() -> None:
     logits = torch.randn(3, 196, generator=torch.Generator().manual_seed(0))
     logits[:, 150] = 10.0  # the peak in the bottom half (row 10)
     attention = torch.softmax(logits, -1).view(3, 1, 14, 14)
-    edited = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=0.05)(attention)
+    edited = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=0.05, image_size=28)(
+        attention
+    )
     before, after = relative_map(attention), relative_map(edited)
     torch.testing.assert_close(after[:, :, 7:], before[:, :, 7:])
     torch.testing.assert_close(after[:, :, :7], 0.05 * before[:, :, :7])
@@ -117,10 +121,10 @@ def test_the_gate_ignores_renormalisation_outside_the_edit() -> None:
 
 def test_steering_rows_share_one_map_draw_and_apply_each_edit() -> None:
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="spatial_gate", latent_dim=8)).eval()
+    model = build_vae(ModelConfig(variant="spatial_gate", latent_dim=8), MNIST_SHAPE).eval()
     z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
     donors = _batch(4)
-    custom = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=3.0)
+    custom = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=3.0, image_size=28)
     rows = steering_rows(model, z, donors, custom)
     labels = [label for label, _, _ in rows]
     assert labels[0] == "unsteered" and len(rows) == 1 + 8 + 2

@@ -4,7 +4,6 @@ second run in a project folder that is in use. Real processes, real SQLite store
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +15,11 @@ import mlflow
 import pytest
 
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock
-from tests.conftest import write_raw_dataset
+from tests.conftest import project_copy
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -99,20 +97,11 @@ def test_a_second_run_in_a_busy_project_folder_is_refused(tmp_path: Path) -> Non
     lock.release()
 
 
-def _project_copy(root: Path) -> Path:
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=120, n_test=20)
-    return root
-
-
 def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
     """Four small `kedro run`s (four project folders, one brand-new store): every parent and
     child run FINISHED, and the store still usable afterwards."""
     uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
-    projects = [_project_copy(tmp_path / f"p{i}") for i in range(4)]
+    projects = [project_copy(tmp_path / f"p{i}") for i in range(4)]
     kedro = str(Path(sys.executable).with_name("kedro"))
     script = textwrap.dedent(
         """

@@ -17,6 +17,7 @@ from attn_pipeline.metrics.steering import edit_effect, region_mask
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.classifier import FeatureClassifier
 from attn_pipeline.training import fit
+from tests.conftest import MNIST_SHAPE
 
 
 def test_edit_effect_measures_ink_share_and_locality() -> None:
@@ -25,7 +26,7 @@ def test_edit_effect_measures_ink_share_and_locality() -> None:
     before[:, :, 18:24, 10:18] = 1.0  # ... and as much in the bottom half
     after = before.clone()
     after[:, :, 4:10, 10:18] = 0.25  # the top half's ink cut to a quarter
-    effect = edit_effect(before, after, region_mask("top"))
+    effect = edit_effect(before, after, region_mask("top", 28))
     # share of the top half: 0.5 before, 0.25 * 48 / (0.25 * 48 + 48) = 0.2 after
     assert effect.ink_share_change == pytest.approx(2 * (0.2 - 0.5))
     assert effect.change_inside == pytest.approx(2 * 0.75 * 48 / (14 * 28))
@@ -33,15 +34,17 @@ def test_edit_effect_measures_ink_share_and_locality() -> None:
 
 
 def test_variants_without_a_map_report_nothing() -> None:
-    model = build_vae(ModelConfig(variant="none", latent_dim=4)).eval()
+    model = build_vae(ModelConfig(variant="none", latent_dim=4), MNIST_SHAPE).eval()
     with pytest.raises(ValueError, match="spatial map"):
-        steering_metrics(model, FeatureClassifier().eval(), n=8, seed=0)
+        steering_metrics(
+            model, FeatureClassifier(image_shape=MNIST_SHAPE, n_classes=10).eval(), n=8, seed=0
+        )
 
 
 def test_steering_metrics_names_and_ranges() -> None:
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="spatial_gate", latent_dim=4)).eval()
-    extractor = FeatureClassifier().eval()
+    model = build_vae(ModelConfig(variant="spatial_gate", latent_dim=4), MNIST_SHAPE).eval()
+    extractor = FeatureClassifier(image_shape=MNIST_SHAPE, n_classes=10).eval()
     metrics = steering_metrics(model, extractor, n=12, seed=0, batch_size=5)
     assert set(metrics) == {
         "steer_emphasis_ink_share",
@@ -74,11 +77,14 @@ def test_steering_moves_ink_on_a_model_trained_on_real_mnist(tmp_path: Path) -> 
     train = torch.from_numpy(images[:6000].copy()).float().div(255).unsqueeze(1)
     torch.manual_seed(0)
     model = build_vae(
-        ModelConfig(variant="spatial_gate", attention_loss_weight=1.0, attention_target="ink")
+        ModelConfig(variant="spatial_gate", attention_loss_weight=1.0, attention_target="ink"),
+        MNIST_SHAPE,
     )
     model.init_output_bias(train.mean(0))
     fit(model, train, None, TrainConfig(epochs=2, batch_size=128), show_progress=False)
-    metrics = steering_metrics(model.eval(), FeatureClassifier().eval(), n=500, seed=0)
+    metrics = steering_metrics(
+        model.eval(), FeatureClassifier(image_shape=MNIST_SHAPE, n_classes=10).eval(), n=500, seed=0
+    )
     assert metrics["steer_emphasis_ink_share"] > 0.05
     assert metrics["steer_suppression_ink_share"] < -0.05
     assert metrics["steer_suppression_change_inside"] > (

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
@@ -18,9 +16,8 @@ from attn_pipeline.config import (
     StudyConfig,
     TrainConfig,
 )
-from attn_pipeline.pipeline_registry import load_parameters
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from attn_pipeline.run_parameters import load_parameters
+from tests.conftest import PROJECT_ROOT
 
 
 def test_unknown_variant_lists_the_allowed_ones() -> None:
@@ -66,9 +63,8 @@ BLOCKS = {
     "evaluate": EvaluateConfig,
     "feature_extractor": FeatureExtractorConfig,
     "generate": GenerateConfig,
-    "study": StudyConfig,
     "registry": RegistryConfig,
-}
+}  # study: no defaults in code at all (test_the_study_lists_live_in_the_parameters_file_only)
 
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))
@@ -79,3 +75,23 @@ def test_code_defaults_and_the_base_parameters_files_agree(block: str) -> None:
     defaults = BLOCKS[block]().model_dump(mode="json")
     assert set(base) == set(defaults)
     assert BLOCKS[block].model_validate(base).model_dump(mode="json") == defaults
+
+
+def test_an_old_parameter_name_is_refused_naming_the_new_one() -> None:
+    from attn_pipeline.pipeline_registry import pipeline_plan  # noqa: PLC0415
+
+    params = load_parameters(PROJECT_ROOT / "conf")
+    with pytest.raises(ConfigError, match="'variants' is called 'entries'"):
+        pipeline_plan({**params, "variants": ["none"]})
+    old_study = {"variants": ["none"], "seeds": [0], "baselines": ["none"]}
+    with pytest.raises(ConfigError, match="'study.variants' is called 'study.entries'"):
+        pipeline_plan({**params, "study": old_study})
+    with pytest.raises(ValidationError, match="'study.variants' is called 'study.entries'"):
+        StudyConfig.model_validate(old_study)
+
+
+def test_the_study_lists_live_in_the_parameters_file_only() -> None:
+    with pytest.raises(ValidationError, match="entries"):
+        StudyConfig()
+    study = StudyConfig.model_validate(load_parameters(PROJECT_ROOT / "conf")["study"])
+    assert study.baselines[0] in study.entries and len(study.seeds) > 1

@@ -14,7 +14,7 @@ from attn_pipeline.models import build_vae
 from attn_pipeline.pipelines.train.nodes import training_description
 from attn_pipeline.precision import native_bf16, resolve_precision
 from attn_pipeline.training import fit
-from tests.conftest import digit_like_images
+from tests.conftest import MNIST_SHAPE, digit_like_images
 
 CPU = torch.device("cpu")
 
@@ -86,7 +86,7 @@ def test_every_variant_trains_under_bf16_autocast(model: ModelConfig) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = fit(
-            build_vae(model),
+            build_vae(model, MNIST_SHAPE),
             images,
             None,
             TrainConfig(epochs=1, batch_size=50, precision="bf16", device="cpu"),
@@ -99,7 +99,7 @@ def test_every_variant_trains_under_bf16_autocast(model: ModelConfig) -> None:
 def test_a_bf16_training_keeps_fp32_weights_and_evaluates_in_fp32() -> None:
     images = _split()
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant="spatial_gate", attention_loss_weight=1.0))
+    model = build_vae(ModelConfig(variant="spatial_gate", attention_loss_weight=1.0), MNIST_SHAPE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # slow where bf16 is emulated: still correct
         result = fit(

@@ -19,13 +19,13 @@ from kedro.framework.startup import bootstrap_project
 from attn_pipeline.config import ConfigError
 from attn_pipeline.hooks import MissingInputError
 from attn_pipeline.models.checkpoint import check_trained_on
-from attn_pipeline.tracking import REGISTERED_TAG, parent_run_name, runner_name
-from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
+from attn_pipeline.registry import REGISTERED_TAG
+from attn_pipeline.run_lifecycle import parent_run_name, runner_name
+from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GENERATION_METRICS = {
     "test/nll_iw",
     "test/fid_proxy",
@@ -47,7 +47,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "conf" / "local").mkdir()
     # a small study: two variants (one steerable), two seeds
     (root / "conf" / "local" / "parameters.yml").write_text(
-        "study:\n  variants: [none, spatial_gate]\n  seeds: [0, 1]\n  baselines: [none]\n"
+        "study:\n  entries: [none, spatial_gate]\n  seeds: [0, 1]\n  baselines: [none]\n"
     )
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # the package itself is imported from the environment
@@ -260,7 +260,7 @@ def test_two_data_sets_in_one_folder_keep_their_models_and_figures_apart(
 ) -> None:
     """MNIST, then Fashion-MNIST, then MNIST's evaluation again, in one project folder: each
     data set's models, reports and MLflow figures are those of a run of it alone."""
-    one_variant = {**TINY_RUN, "variants": ["none"]}
+    one_variant = {**TINY_RUN, "entries": ["none"]}
     shared = _fresh_project(tmp_path / "shared")
     write_raw_dataset(shared / "data/01_raw/fashion_mnist", n_train=200, n_test=50)
     alone = _fresh_project(tmp_path / "alone")
@@ -308,7 +308,7 @@ def test_a_bf16_run_says_which_precision_it_used(
     precision it trained in (tag and params) and the reason, and its test figures."""
     project = _fresh_project(tmp_path)
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
-    bf16 = {**TINY_RUN, "variants": ["none"], "train": {**TINY_RUN["train"], "precision": "bf16"}}
+    bf16 = {**TINY_RUN, "entries": ["none"], "train": {**TINY_RUN["train"], "precision": "bf16"}}
     _run(project, uri, monkeypatch, bf16)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("attn_pipeline_mnist")
@@ -497,7 +497,7 @@ def test_an_environment_that_reshapes_the_pipelines_is_honoured(
     the run's own parameters (Kedro's loading of base, X and --params), not from base."""
     env = default_run / "conf" / "one_variant"
     env.mkdir()
-    (env / "parameters.yml").write_text("variants: [none]\n")
+    (env / "parameters.yml").write_text("entries: [none]\n")
     untouched = default_run / "data" / "06_models" / "mnist" / "spatial_gate" / "model.pt"
     before = untouched.read_bytes()
     _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "train", env="one_variant")
@@ -579,7 +579,7 @@ def test_a_misspelt_top_level_key_in_an_environment_file_is_refused_naming_the_f
     own = project / "conf" / "own_entry"
     own.mkdir()
     (own / "parameters.yml").write_text(
-        "variants: [mine]\nmine:\n  model: {variant: none, latent_dim: 4}\n"
+        "entries: [mine]\nmine:\n  model: {variant: none, latent_dim: 4}\n"
     )
     _run(project, tracking_uri, monkeypatch, TINY_RUN, "train", env="own_entry")
     assert (project / "data/06_models/mnist/mine/model.pt").is_file()

@@ -26,7 +26,7 @@ from attn_pipeline.pipelines.evaluate.nodes import (
 )
 from attn_pipeline.pipelines.feature_extractor import nodes as extractor_nodes
 from attn_pipeline.training import fit
-from tests.conftest import digit_like_images
+from tests.conftest import MNIST_SHAPE, digit_like_images
 
 
 def _split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,7 +42,7 @@ def trained_model(request):
     """A small trained model without and with the output gate (whose map of z changes
     every decode's logits)."""
     torch.manual_seed(0)
-    model = build_vae(ModelConfig(variant=request.param, latent_dim=4))
+    model = build_vae(ModelConfig(variant=request.param, latent_dim=4), MNIST_SHAPE)
     x = _split(128)["images"]
     fit(
         model,
@@ -123,8 +123,9 @@ def test_the_shipped_reference_stands_in_for_a_missing_extractor_unless_turned_o
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     train, test = _split(400), _split(100, seed=1)
-    stored = {"dataset": "mnist", "hash": "stored", "test_accuracy": 0.5, "state_dict": {}}
-    reference = {"dataset": "mnist", "hash": "reference", "test_accuracy": 0.99, "state_dict": {}}
+    shape = {"image_shape": list(MNIST_SHAPE), "state_dict": {}}
+    stored = {"dataset": "mnist", "hash": "stored", "test_accuracy": 0.5, **shape}
+    reference = {"dataset": "mnist", "hash": "reference", "test_accuracy": 0.99, **shape}
     trained = []
     monkeypatch.setattr(
         extractor_nodes, "fit_classifier", lambda *a, **k: trained.append(1) or _tiny_model()
@@ -163,7 +164,7 @@ def test_binarize_flags_the_splits_and_evaluates_on_one_fixed_draw() -> None:
 def _tiny_model() -> torch.nn.Module:
     from attn_pipeline.models.classifier import FeatureClassifier  # noqa: PLC0415
 
-    return FeatureClassifier(image_channels=1, feature_dim=16).eval()
+    return FeatureClassifier(image_shape=MNIST_SHAPE, n_classes=10, feature_dim=16).eval()
 
 
 def test_the_test_images_are_measured_once_and_never_for_other_settings(tmp_path) -> None:
@@ -176,7 +177,7 @@ def test_the_test_images_are_measured_once_and_never_for_other_settings(tmp_path
     )
     torch.manual_seed(0)
     config = ModelConfig(variant="none", latent_dim=4)
-    checkpoint = make_checkpoint(config, build_vae(config).state_dict())
+    checkpoint = make_checkpoint(config, MNIST_SHAPE, build_vae(config, MNIST_SHAPE).state_dict())
     settings = EvaluateConfig(
         n_samples=100, nll_samples=2, nll_images=10, kid_subsets=3, kid_subset_size=20
     )

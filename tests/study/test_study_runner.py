@@ -29,19 +29,18 @@ from attn_pipeline.config import StudyConfig
 from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock, output_groups
 from attn_pipeline.study import CELL_KEY_TAG, study_cells
 from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers
-from tests.conftest import TINY_RUN, write_raw_dataset
+from tests.conftest import PROJECT_ROOT, TINY_RUN, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 TINY_STUDY = {
     **TINY_RUN,
     "train": {"epochs": 1, "batch_size": 50},
     "evaluate": {**TINY_RUN["evaluate"], "steer_samples": 20},
     "study": {
-        "variants": ["none", "spatial_gate"],
+        "entries": ["none", "spatial_gate"],
         "seeds": [0],
         "baselines": ["none"],
         "workers": 2,
@@ -52,8 +51,8 @@ TINY_STUDY = {
 def test_cells_run_seed_by_seed() -> None:
     """Every entry of a seed is queued before the next seed: a study stopped part way
     leaves whole seeds for the paired comparison."""
-    study = StudyConfig(variants=["none", "latent"], seeds=[3, 1], baselines=["none"])
-    assert [namespace for _, _, namespace in study_cells(study.variants, study.seeds)] == [
+    study = StudyConfig(entries=["none", "latent"], seeds=[3, 1], baselines=["none"])
+    assert [namespace for _, _, namespace in study_cells(study.entries, study.seeds)] == [
         "study.none_seed3",
         "study.latent_seed3",
         "study.none_seed1",

@@ -34,11 +34,11 @@ import pytest
 import yaml
 
 from attn_pipeline.fetch_data import ENV_VAR
+from tests.conftest import PROJECT_ROOT
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}
 MARKER = re.compile(r"<!--\s*doc-test:\s*(run|serve|skip)\b\s*(.*?)\s*-->")
@@ -58,7 +58,7 @@ TINY_BUDGET = {
         "kid_subset_size": 50,
     },
     "generate": {"n_samples": 16, "n_reconstructions": 8, "n_interpolations": 2},
-    "study": {"variants": ["none", "spatial_gate"], "seeds": [0], "baselines": ["none"]},
+    "study": {"entries": ["none", "spatial_gate"], "seeds": [0], "baselines": ["none"]},
 }
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_RUN, as_cli_params, write_raw_dataset
+from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: The hash of the reference MNIST extractor shipped inside the package.
 REFERENCE_MNIST_HASH = json.loads(
     (PROJECT_ROOT / "src/attn_pipeline/reference/feature_extractor/mnist.json").read_text()

@@ -19,12 +19,12 @@ from attn_pipeline.models import (
     make_checkpoint,
 )
 from attn_pipeline.models.backbones import SubPixelConvTranspose2d
-from attn_pipeline.pipeline_registry import load_parameters
 from attn_pipeline.pipelines.compare.statistics import EQUAL_SIZE_TOLERANCE, comparison_kind
+from attn_pipeline.run_parameters import load_parameters
 from attn_pipeline.training import TrainingDivergedError, fit
 from attn_pipeline.variants import VARIANTS as REGISTERED
 from attn_pipeline.variants import VariantSpec, register
-from tests.conftest import digit_like_images
+from tests.conftest import MNIST_SHAPE, digit_like_images
 
 VARIANTS = list(REGISTERED)
 BACKBONES = ["conv", "mlp"]
@@ -58,7 +58,7 @@ def test_forward_shapes_and_attention_maps(
 ) -> None:
     if backbone == "mlp" and variant in CONV_ONLY:
         pytest.skip("conv-only variant")
-    model = build_vae(_config(variant, backbone)).eval()
+    model = build_vae(_config(variant, backbone), MNIST_SHAPE).eval()
     out = model(batch[:5])
     assert out.logits.shape == (5, 1, 28, 28)
     assert out.mu.shape == out.logvar.shape == out.z.shape == (5, 8)
@@ -78,7 +78,7 @@ def test_conv_only_variants_refuse_the_mlp_backbone(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["self", "cbam"])
 def test_feature_attention_starts_as_the_identity(variant: str, batch: torch.Tensor) -> None:
     """gamma = 0 at initialisation: the block passes its input through unchanged."""
-    model = build_vae(_config(variant)).eval()
+    model = build_vae(_config(variant), MNIST_SHAPE).eval()
     block = model.generator.decoder.block
     features = torch.randn(4, 32, 14, 14)
     torch.testing.assert_close(block(features)[0], features)
@@ -118,7 +118,7 @@ def test_training_lowers_the_loss_on_a_small_batch(
     if backbone == "mlp" and variant in CONV_ONLY:
         pytest.skip("conv-only variant")
     torch.manual_seed(0)
-    model = build_vae(_config(variant, backbone))
+    model = build_vae(_config(variant, backbone), MNIST_SHAPE)
 
     def loss() -> float:
         with torch.no_grad():
@@ -139,8 +139,10 @@ def test_training_lowers_the_loss_on_a_small_batch(
 
 def test_checkpoint_round_trip_and_sampler(batch: torch.Tensor) -> None:
     config = ModelConfig(variant="latent", backbone="conv", latent_dim=6)
-    model = build_vae(config).eval()
-    restored, restored_config = load_checkpoint(make_checkpoint(config, model.state_dict()))
+    model = build_vae(config, MNIST_SHAPE).eval()
+    restored, restored_config = load_checkpoint(
+        make_checkpoint(config, MNIST_SHAPE, model.state_dict())
+    )
     assert restored_config == config
     with torch.no_grad():
         torch.testing.assert_close(
@@ -152,7 +154,7 @@ def test_checkpoint_round_trip_and_sampler(batch: torch.Tensor) -> None:
 
 
 def test_output_bias_starts_at_the_mean_image(batch: torch.Tensor) -> None:
-    model = build_vae(ModelConfig(backbone="mlp", latent_dim=4))
+    model = build_vae(ModelConfig(backbone="mlp", latent_dim=4), MNIST_SHAPE)
     mean = batch.mean(0)
     model.init_output_bias(mean)
     bias = model.generator.decoder.output_bias.bias
@@ -179,7 +181,7 @@ def test_sub_pixel_transposed_conv_matches_torchs_transposed_conv() -> None:
 
 def test_a_diverging_training_stops_at_the_first_non_finite_loss(batch: torch.Tensor) -> None:
     torch.manual_seed(0)
-    model = build_vae(_config("none"))
+    model = build_vae(_config("none"), MNIST_SHAPE)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(epochs=3, batch_size=16, learning_rate=1e6)
     with pytest.raises(
@@ -196,8 +198,10 @@ def test_the_studys_size_baseline_matches_its_largest_variant() -> None:
     largest entry, as the comparison table says (read from the project's own parameters)."""
     params = load_parameters(env="base")
     sizes = {
-        name: count_parameters(build_vae(ModelConfig.model_validate(params[name]["model"])))
-        for name in params["study"]["variants"]
+        name: count_parameters(
+            build_vae(ModelConfig.model_validate(params[name]["model"]), MNIST_SHAPE)
+        )
+        for name in params["study"]["entries"]
     }
     largest = max(sizes.values())
     assert "none_wide" in params["study"]["baselines"]
@@ -229,11 +233,11 @@ def toy_variant():
 
 def test_a_variant_is_its_module_and_one_registry_entry(toy_variant, batch) -> None:
     config = _config(toy_variant.name)  # the configuration knows it from the registry
-    model = build_vae(config)
+    model = build_vae(config, MNIST_SHAPE)
     out = model.eval()(batch[:5])
     assert set(out.attention) == {"half_gate"} and out.logits.shape == (5, 1, 28, 28)
     fit(model, batch, None, TrainConfig(epochs=1, batch_size=32), show_progress=False)
-    assert load_checkpoint(make_checkpoint(config, model.state_dict()))[1] == config
+    assert load_checkpoint(make_checkpoint(config, MNIST_SHAPE, model.state_dict()))[1] == config
     with pytest.raises(ValueError, match="attends over conv feature maps"):
         _config(toy_variant.name, "mlp")  # its block needs the conv backbone: said, not assumed
     with pytest.raises(ValueError, match="Input should be 'none', 'latent'.*'half_gate'"):
