@@ -3,8 +3,8 @@
 ``kedro run --pipelines compare`` runs every (entry, seed) cell one after another in one
 process. The cells are independent, so this command hands them to Dask's distributed
 scheduler: a ``LocalCluster`` of ``study.workers`` one-thread processes on this machine
-(two one-thread processes did 1.28x-1.39x the cells per hour of one two-thread process on
-2-core machines, ``benchmarks/study_workers.py``), or an existing cluster (``--scheduler``, or
+(two one-thread processes did 1.42x the cells per hour of one two-thread process on a
+2-core machine, ``benchmarks/study_workers.py``), or an existing cluster (``--scheduler``, or
 ``DASK_SCHEDULER_ADDRESS``). A task runs its cell as a ``kedro run --namespaces
 study.<entry>_seed<n>`` process in the worker's own copy of the project, so no Kedro or
 MLflow state is shared between cells, and machines need to share nothing but the MLflow
