@@ -5,6 +5,7 @@
 #   make test                     the test suite (tests make their own tiny data)
 #   make test-fast                its unit tier alone (pytest -m "not slow")
 #   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
+#   make steer ENTRY=where DATASET=translated_mnist   the page to steer a model by hand
 #   make docs / make docs-build   the documentation site: served, or built as CI does
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +22,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # runs `uvicorn`, `kedro ipython` runs `ipython`): the environment's come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data run test test-fast lint viz mlflow-ui serve ipython lock docs docs-build
+.PHONY: setup data run test test-fast lint viz mlflow-ui serve steer ipython lock docs docs-build
 
 LOCK := requirements.lock
 
@@ -88,3 +89,8 @@ mlflow-ui: setup
 # A registered generator as a REST endpoint (POST /invocations: latent codes in, images out).
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(MLFLOW_STORE)} $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(PORT)
+
+# The page to steer a registered generator by hand (default: $(MODEL), the entry's champion).
+STEER_PORT ?= 7860
+steer: setup
+	$(BIN)/attn-steer --model "$(MODEL)" --dataset $(DATASET) --port $(STEER_PORT)

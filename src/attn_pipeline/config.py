@@ -46,6 +46,11 @@ class DataPrepConfig(_Config):
         None, description="use only this many training-file images (before the split)"
     )
     test_subset_size: PositiveInt | None = Field(None, description="use only this many test images")
+    canvas_size: PositiveInt | None = Field(
+        None,
+        description="place every image at a seeded, uniformly random position of a canvas "
+        "of this side (translated MNIST: 40); null: the images as they are",
+    )
     binarize: bool = Field(
         False,
         description="dynamically binarised pixels: training draws each pixel from "
@@ -101,6 +106,11 @@ class ModelConfig(_Config):
         gt=0,
         description="spatial_gate: log-odds added per factor e of map weight (fixed, not learned)",
     )
+    glyph_size: PositiveInt | None = Field(
+        None,
+        description="where: the side of the glyph the decoder draws and the encoder reads "
+        "(translated MNIST: 28, the digits' own size); other variants: unused",
+    )
     attention_target: Literal["error", "ink"] = Field(
         "error",
         description="what the attention loss ties the map to: the per-pixel reconstruction "
@@ -121,6 +131,16 @@ class ModelConfig(_Config):
             raise ValueError(
                 f"variant '{self.variant}' attends over conv feature maps and needs "
                 f"backbone: conv; with backbone: mlp use one of {mlp_ready}"
+            )
+        if spec.spatial_map == "position" and self.glyph_size is None:
+            raise ValueError(
+                f"variant '{self.variant}' draws a glyph on the image: set model.glyph_size "
+                "(the glyph's side, smaller than the images'; translated MNIST: 28)"
+            )
+        if self.attention_loss_weight > 0 and spec.spatial_map == "position":
+            raise ValueError(
+                f"variant '{self.variant}' has a map that follows its latent position, with "
+                "nothing for the attention loss to teach: set attention_loss_weight to 0"
             )
         if self.attention_loss_weight > 0 and not spec.has_spatial_map:
             with_map = [name for name, other in VARIANTS.items() if other.has_spatial_map]

@@ -97,8 +97,8 @@ def check_inputs_exist(
         described = catalog.get(name)
         where = getattr(described, "_filepath", None) or getattr(described, "_path", None)
         what = f"{name} ({where})" if where else name
-        if name.startswith("raw_"):
-            fix = f"attn-fetch-data {dataset}"
+        if name.startswith("raw_"):  # its folder: the raw data set (globals' raw_data)
+            fix = f"attn-fetch-data {Path(str(where)).parent.name if where else dataset}"
         else:
             makers = sorted(
                 (len(p.nodes), p_name)

@@ -69,6 +69,23 @@ TABLES: tuple[tuple[str, tuple[StudyMetric, ...]], ...] = (
             StudyMetric("steer_class_kept", "class kept", higher_is_better=True, decimals=3),
         ),
     ),
+    (
+        # only variants with an editable map have these (NaN otherwise)
+        "Moving content by attention (variants with an editable map; 1,000 prior samples, "
+        "the map replaced by each quadrant of the image in turn)",
+        (
+            StudyMetric(
+                "move_in_box", "ink centroid in the box", higher_is_better=True, decimals=3
+            ),
+            StudyMetric(
+                "move_ink_share", "ink share in the box", higher_is_better=True, decimals=3
+            ),
+            StudyMetric(
+                "move_confidence_ratio", "confidence kept", higher_is_better=True, decimals=3
+            ),
+            StudyMetric("move_class_kept", "class kept", higher_is_better=True, decimals=3),
+        ),
+    ),
 )
 #: Every metric of the tables, by name.
 METRICS: dict[str, StudyMetric] = {m.name: m for _, metrics in TABLES for m in metrics}

@@ -13,7 +13,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kedro.config import OmegaConfigLoader
 from kedro.framework.project import settings
+from omegaconf.resolvers import oc
+
+#: The configuration loader's settings (settings.py hands them to Kedro's sessions).
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # An environment's `train: {batch_size: 64}` changes that key and keeps base's others
+    # (the default, "destructive", would replace base's whole `train` block).
+    "merge_strategy": {"parameters": "soft"},
+    # Lets mlflow.yml read MLFLOW_TRACKING_URI (Kedro allows oc.env only in credentials).
+    "custom_resolvers": {"oc.env": oc.env},
+    # kedro-mlflow adds this pattern itself, but only after the project's hooks have run.
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
+}
 
 #: The parameters of the run under way, once its context exists.
 _run_parameters: dict[str, Any] | None = None
@@ -34,10 +49,8 @@ def load_parameters(conf_source: Path | None = None, env: str | None = None) -> 
             f"no configuration folder {conf_source}: run kedro from the project's root, or "
             "give the configuration with --conf-source"
         )
-    loader = settings.CONFIG_LOADER_CLASS(
-        conf_source=str(conf_source),
-        env=env or os.environ.get("KEDRO_ENV"),
-        **settings.CONFIG_LOADER_ARGS,
+    loader = OmegaConfigLoader(
+        conf_source=str(conf_source), env=env or os.environ.get("KEDRO_ENV"), **CONFIG_LOADER_ARGS
     )
     return loader["parameters"]
 

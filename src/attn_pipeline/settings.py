@@ -7,12 +7,12 @@ from pathlib import Path
 import yaml
 from kedro.config import OmegaConfigLoader
 from mlflow.telemetry.client import set_telemetry_client
-from omegaconf.resolvers import oc
 
 from attn_pipeline.allocator import retain_freed_memory
 from attn_pipeline.hooks import RunPlanCheckHook
 from attn_pipeline.registry import ModelRegistryHook
 from attn_pipeline.run_lifecycle import RunLifecycleHook
+from attn_pipeline.run_parameters import CONFIG_LOADER_ARGS  # noqa: F401 (Kedro reads it here)
 from attn_pipeline.tracking import CatalogLoggingHook, EntryRunsHook, FlatParamsMlflowHook
 
 # omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call;
@@ -55,15 +55,6 @@ HOOKS = (
 # kedro-mlflow's own hook is replaced by FlatParamsMlflowHook (its subclass), not run twice
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)  # its distribution name, as its metadata spells it
 
+# How every parameters file is read: CONFIG_LOADER_ARGS (imported above) is defined in
+# attn_pipeline.run_parameters, which reads them the same way outside a session.
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # An environment's `train: {batch_size: 64}` changes that key and keeps base's others
-    # (the default, "destructive", would replace base's whole `train` block).
-    "merge_strategy": {"parameters": "soft"},
-    # Lets mlflow.yml read MLFLOW_TRACKING_URI (Kedro allows oc.env only in credentials).
-    "custom_resolvers": {"oc.env": oc.env},
-    # kedro-mlflow adds this pattern itself, but only after the project's hooks have run.
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
-}

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: Where a variant's map of z over the decoder's positions goes: an extra input channel of
-#: the decoder, or a gate on its output logits.
-MapUse = Literal["channel", "gate"]
+#: Where a variant's map of z over the image's positions goes: an extra input channel of
+#: the decoder, a gate on its output logits, or the position the decoder's glyph is drawn
+#: at (the map carries a latent position of its own: ``models/where.py``).
+MapUse = Literal["channel", "gate", "position"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,12 @@ for _spec in (
         "spatial_gate",
         "the same map of z, gating the decoder's output logits: the variant that steers",
         spatial_map="gate",
+    ),
+    VariantSpec(
+        "where",
+        "a latent position and its map: the decoder draws a glyph where the map puts weight "
+        "(needs model.glyph_size; for images whose content can be anywhere)",
+        spatial_map="position",
     ),
     VariantSpec(
         "self",

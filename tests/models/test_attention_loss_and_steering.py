@@ -127,13 +127,13 @@ def test_steering_rows_share_one_map_draw_and_apply_each_edit() -> None:
     custom = ScaleRectangle(top=0, bottom=14, left=0, right=28, factor=3.0, image_size=28)
     rows = steering_rows(model, z, donors, custom)
     labels = [label for label, _, _ in rows]
-    assert labels[0] == "unsteered" and len(rows) == 1 + 8 + 2
+    assert labels[0] == "unsteered" and len(rows) == 1 + 8 + 4 + 2
     assert labels[1] == "top emphasised x8" and labels[5] == "top suppressed x0.05"
     unsteered_map = rows[0][2]
     top = rectangle_mask(14, 28, top=0, bottom=14, left=0, right=28)
     emphasised, suppressed = rows[1][2], rows[5][2]
     assert bool((emphasised[:, 0][:, top].sum(1) > unsteered_map[:, 0][:, top].sum(1)).all())
     assert bool((suppressed[:, 0][:, top].sum(1) < unsteered_map[:, 0][:, top].sum(1)).all())
-    torch.testing.assert_close(rows[9][2], model.attention_map_of(donors))  # transplant
+    torch.testing.assert_close(rows[13][2], model.attention_map_of(donors))  # transplant
     for _, images, maps in rows:
         assert images.shape == (4, 1, 28, 28) and maps.shape == (4, 1, 14, 14)

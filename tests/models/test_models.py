@@ -38,10 +38,14 @@ EXPECTED_MAPS = {
     "spatial_gate": {"spatial": (5, 1, 14, 14)},
     "self": {"self": (5, 1, 14, 14)},
     "cbam": {"cbam_spatial": (5, 1, 14, 14), "cbam_channel": (5, 32)},
+    "where": {"spatial": (5, 1, 14, 14)},
 }
+#: settings a variant cannot do without (on 28x28 images)
+REQUIRED = {"where": {"glyph_size": 20}}
 
 
 def _config(variant: str, backbone: str = "conv", **kwargs) -> ModelConfig:
+    kwargs = {**REQUIRED.get(variant, {}), **kwargs}
     return ModelConfig(variant=variant, backbone=backbone, latent_dim=8, **kwargs)
 
 
@@ -61,7 +65,8 @@ def test_forward_shapes_and_attention_maps(
     model = build_vae(_config(variant, backbone), MNIST_SHAPE).eval()
     out = model(batch[:5])
     assert out.logits.shape == (5, 1, 28, 28)
-    assert out.mu.shape == out.logvar.shape == out.z.shape == (5, 8)
+    assert out.mu.shape == out.logvar.shape == out.z.shape == (5, model.latent_dim)
+    assert model.latent_dim == 8 + (2 if variant == "where" else 0)  # where: z_where too
     shapes = {name: tuple(value.shape) for name, value in out.attention.items()}
     assert shapes == EXPECTED_MAPS[variant]
     for name in ("latent", "spatial", "self"):  # distributions over dimensions / positions

@@ -18,7 +18,7 @@ from .generation import (
     reconstructions,
 )
 from .likelihood import importance_weighted_nll
-from .steering import steerable, steering_metrics
+from .steering import move_metrics, steerable, steering_metrics
 
 __all__ = [
     "ClassifierView",
@@ -36,6 +36,7 @@ __all__ = [
     "prior_samples",
     "real_images",
     "reconstructions",
+    "move_metrics",
     "steerable",
     "steering_metrics",
 ]

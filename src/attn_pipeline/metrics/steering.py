@@ -13,7 +13,8 @@ import torch
 
 from attn_pipeline.models import VAE
 from attn_pipeline.models.classifier import FeatureClassifier
-from attn_pipeline.models.steering import ScaleRectangle, rectangle_mask
+from attn_pipeline.models.steering import MoveToRectangle, ScaleRectangle, rectangle_mask
+from attn_pipeline.models.where import ink_centroid
 
 from .generation import classifier_view
 
@@ -34,8 +35,7 @@ HALVES: dict[str, tuple[float, float, float, float]] = {
 
 def half_rectangle(half: str, image_size: int) -> dict[str, int]:
     """``half`` of an ``image_size`` square image as pixel bounds ``top, bottom, left, right``."""
-    top, bottom, left, right = (round(edge * image_size) for edge in HALVES[half])
-    return {"top": top, "bottom": bottom, "left": left, "right": right}
+    return pixel_box(HALVES[half], image_size)
 
 
 def half_edit(half: str, factor: float, image_size: int) -> ScaleRectangle:
@@ -146,3 +146,73 @@ def steering_metrics(
     )
     metrics["steer_class_kept"] = kept / n_steered
     return metrics
+
+
+#: The boxes of the move benchmark: each quadrant of the image, as (top, bottom, left,
+#: right) in units of the image's side.
+QUADRANTS: dict[str, tuple[float, float, float, float]] = {
+    "top_left": (0, 0.5, 0, 0.5),
+    "top_right": (0, 0.5, 0.5, 1),
+    "bottom_left": (0.5, 1, 0, 0.5),
+    "bottom_right": (0.5, 1, 0.5, 1),
+}
+
+
+def pixel_box(box: tuple[float, float, float, float], image_size: int) -> dict[str, int]:
+    """A box in units of the image's side as pixel bounds ``top, bottom, left, right``."""
+    top, bottom, left, right = (round(edge * image_size) for edge in box)
+    return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+
+@torch.no_grad()
+def move_metrics(
+    model: VAE, extractor: FeatureClassifier, *, n: int, seed: int, batch_size: int = 1000
+) -> dict[str, float]:
+    """The ``move_*`` metrics (names without ``test/``) over ``n`` prior samples, each
+    decoded unsteered and with its map replaced by each quadrant (:data:`QUADRANTS`; a box
+    of uniform weight):
+
+    - ``move_in_box``: how often the steered image's ink centroid lies inside the box;
+    - ``move_ink_share``: the mean share of the steered image's ink inside the box;
+    - ``move_confidence_ratio``: the extractor's mean top-class probability on steered
+      samples over that on the unsteered ones; ``move_class_kept``: how often the
+      predicted class is the unsteered sample's (the same digit, moved).
+
+    Raises ``ValueError`` for a model without an editable map.
+    """
+    if not steerable(model):
+        raise ValueError("move metrics need a variant whose generator takes a spatial map")
+    device = next(model.parameters()).device
+    size = model.image_shape[-1]
+    noise = torch.Generator(device=device).manual_seed(seed)
+    in_box = ink_share = confidence_before = confidence_after = kept = 0.0
+    for start in range(0, n, batch_size):
+        z = torch.randn(
+            min(batch_size, n - start), model.latent_dim, generator=noise, device=device
+        )
+        before = torch.sigmoid(model.decode(z).logits)
+        top_before = classifier_view(extractor, before).probabilities.max(1)
+        confidence_before += float(top_before.values.sum())
+        for box in QUADRANTS.values():
+            bounds = pixel_box(box, size)
+            edit = MoveToRectangle(**bounds, image_size=size)
+            after = torch.sigmoid(model.decode(z, edit).logits)
+            mask = rectangle_mask(size, size, **bounds).to(device)
+            row, col = ink_centroid(after).unbind(1)
+            inside = (
+                (row >= bounds["top"]) & (row < bounds["bottom"])
+                & (col >= bounds["left"]) & (col < bounds["right"])
+            )  # fmt: skip
+            in_box += float(inside.sum())
+            ink = after.sum(1)
+            ink_share += float((ink[:, mask].sum(1) / ink.flatten(1).sum(1).clamp_min(1e-8)).sum())
+            top_after = classifier_view(extractor, after).probabilities.max(1)
+            confidence_after += float(top_after.values.sum())
+            kept += float((top_after.indices == top_before.indices).sum())
+    moved = n * len(QUADRANTS)
+    return {
+        "move_in_box": in_box / moved,
+        "move_ink_share": ink_share / moved,
+        "move_confidence_ratio": (confidence_after / moved) / max(confidence_before / n, 1e-12),
+        "move_class_kept": kept / moved,
+    }

@@ -157,7 +157,7 @@ class ConvDecoder(nn.Module):
         in_dim: int,
         channels: tuple[int, int],
         image_shape: tuple[int, int, int],
-        attention_resolution: int,
+        attention_resolution: int | None,
         block: nn.Module | None = None,
         takes_map: bool = False,
     ) -> None:
@@ -165,7 +165,9 @@ class ConvDecoder(nn.Module):
         c1, c2 = channels
         self.c2 = c2
         self.coarse, fine = conv_sides(image_shape)
-        if attention_resolution not in (self.coarse, fine):
+        if block is None and not takes_map:
+            attention_resolution = None  # nothing attends: any setting is as good
+        elif attention_resolution not in (self.coarse, fine):
             raise ValueError(
                 f"attention_resolution {attention_resolution} is not a side of the conv "
                 f"decoder's feature maps for {image_shape[1]}x{image_shape[2]} images: use "
@@ -173,7 +175,7 @@ class ConvDecoder(nn.Module):
             )
         self.attention_resolution = attention_resolution
         self.block = block
-        extra = 1 if takes_map else 0
+        extra = 1 if takes_map else 0  # (attention_resolution None: extra is 0 too)
         at_coarse, at_fine = (extra, 0) if attention_resolution == self.coarse else (0, extra)
         self.project = nn.Sequential(nn.Linear(in_dim, c2 * self.coarse**2), nn.ReLU())
         # the attribute names are the state dict's keys (saved models load by them)
@@ -201,6 +203,6 @@ class ConvDecoder(nn.Module):
         if self.attention_resolution == self.coarse:
             h = self._attend(h, attention_map, maps)
         h = self.up14(h)  # (B, c1, H/2, H/2)
-        if self.attention_resolution != self.coarse:
+        if self.attention_resolution == 2 * self.coarse:
             h = self._attend(h, attention_map, maps)
         return self.output_bias(self.up28(h)), maps  # (B, C, H, H)

@@ -54,6 +54,35 @@ class ScaleRectangle:
 
 
 @dataclass(frozen=True)
+class MoveToRectangle:
+    """Replace the map by uniform weight on the cells inside a pixel rectangle of an
+    ``image_size`` square image: content that follows the map goes there."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    image_size: int
+
+    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
+        mask = rectangle_mask(
+            attention_map.shape[-1],
+            self.image_size,
+            top=self.top,
+            bottom=self.bottom,
+            left=self.left,
+            right=self.right,
+        ).to(attention_map.device)
+        if not mask.any():
+            raise ValueError(
+                f"the box rows [{self.top}, {self.bottom}) x cols [{self.left}, {self.right}) "
+                f"covers no cell of the {attention_map.shape[-1]}x{attention_map.shape[-1]} "
+                "map: draw a larger box"
+            )
+        return _renormalise(mask.to(attention_map.dtype).expand_as(attention_map).clone())
+
+
+@dataclass(frozen=True)
 class ReplaceMap:
     """Replace the map by a given one (any grid, resized to the map's), normalised."""
 

@@ -23,6 +23,7 @@ from .attention import (
     as_decoder_channel,
 )
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_sides
+from .where import GlyphCentres, GlyphPlacement, PositionMap, WhereEncoder, cut_window
 
 
 @dataclass
@@ -63,8 +64,10 @@ class Generator(nn.Module):
 
     ``latent_attention`` (the blog post's ``softmax(w * z)``) widens the code;
     ``spatial_map`` turns ``z`` into a map over image positions (that ``edit`` may change),
-    which either the decoder takes as an extra channel or, with ``output_gate``, gates the
-    decoder's output logits; feature blocks (self-attention, CBAM) live inside the decoder.
+    which either the decoder takes as an extra channel, or, with ``output_gate``, gates the
+    decoder's output logits, or, with ``placement``, says where the decoder's glyph (drawn
+    from ``z`` without its last two dimensions, the position) goes on the image; feature
+    blocks (self-attention, CBAM) live inside the decoder.
     """
 
     def __init__(
@@ -74,12 +77,34 @@ class Generator(nn.Module):
         latent_attention: nn.Module | None = None,
         spatial_map: nn.Module | None = None,
         output_gate: OutputGate | None = None,
+        placement: GlyphPlacement | None = None,
     ) -> None:
         super().__init__()
         self.decoder = decoder
         self.latent_attention = latent_attention
         self.spatial_map = spatial_map
         self.output_gate = output_gate
+        self.placement = placement
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images drawn."""
+        drawn = tuple(self.decoder.output_bias.bias.shape)
+        if self.placement is None:
+            return drawn
+        return (drawn[0], self.placement.canvas, self.placement.canvas)
+
+    def init_output_bias(self, mean_image: torch.Tensor) -> None:
+        """Start the decoder's output at the data's mean image ``(C, H, W)`` (a glyph: at
+        the window of it a glyph in the middle would cover)."""
+        if self.placement is not None:
+            middle = torch.tensor([[mean_image.shape[-2] / 2, mean_image.shape[-1] / 2]])
+            mean_image = cut_window(mean_image[None], middle, self.image_glyph_side)[0]
+        self.decoder.output_bias.init_from_mean(mean_image)
+
+    @property
+    def image_glyph_side(self) -> int:
+        return self.decoder.output_bias.bias.shape[-1]
 
     def forward(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
         maps: dict[str, torch.Tensor] = {}
@@ -92,7 +117,10 @@ class Generator(nn.Module):
             if edit is not None:
                 spatial = edit(spatial)
             maps["spatial"] = spatial
-        if self.output_gate is not None:
+        if self.placement is not None:
+            glyph, decoder_maps = self.decoder(code[:, :-2])  # z_what: z without z_where
+            logits = self.placement(glyph, spatial)
+        elif self.output_gate is not None:
             logits, decoder_maps = self.decoder(code)
             logits = self.output_gate(logits, spatial)
         else:
@@ -147,11 +175,11 @@ class VAE(nn.Module):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images the model encodes and draws."""
-        return tuple(self.generator.decoder.output_bias.bias.shape)
+        return self.generator.image_shape
 
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output at the training data's mean image ``(C, H, W)``."""
-        self.generator.decoder.output_bias.init_from_mean(mean_image)
+        self.generator.init_output_bias(mean_image)
 
     def forward(
         self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
@@ -184,40 +212,62 @@ def _feature_block(path: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), name)
 
 
+def _backbone(
+    config: ModelConfig,
+    shape: tuple[int, int, int],
+    *,
+    code_dim: int,
+    map_values: int,
+    block_name: str | None,
+    attention_resolution: int | None,
+) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder of ``config.backbone`` for images of ``shape``."""
+    d = config.latent_dim
+    if config.backbone == "mlp":
+        encoder: nn.Module = MLPEncoder(
+            in_features=shape[0] * shape[1] * shape[2], hidden_dim=config.hidden_dim, latent_dim=d
+        )
+        decoder: nn.Module = MLPDecoder(
+            in_dim=code_dim + map_values, hidden_dim=config.hidden_dim, image_shape=shape
+        )
+        return encoder, decoder
+    # built in this order (encoder, block, decoder): a seed gives the same initial weights
+    encoder = ConvEncoder(image_shape=shape, channels=config.conv_channels, latent_dim=d)
+    c1, c2 = config.conv_channels
+    width = c2 if attention_resolution == conv_sides(shape)[0] else c1
+    block = _feature_block(block_name)(width) if block_name else None
+    decoder = ConvDecoder(
+        in_dim=code_dim,
+        channels=config.conv_channels,
+        image_shape=shape,
+        attention_resolution=attention_resolution,
+        block=block,
+        takes_map=map_values > 0,
+    )
+    return encoder, decoder
+
+
 def build_vae(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
     """Build the VAE a :class:`ModelConfig` describes for images of ``image_shape``
     ``(C, H, W)`` (the data set's), weights freshly initialised."""
     spec = variant_spec(config.variant)
     d, r = config.latent_dim, config.attention_resolution
+    if spec.spatial_map == "position":
+        return _build_where(config, image_shape)
     latent_attention = LatentSoftmaxAttention(d) if spec.latent_attention else None
     spatial_map = SpatialAttentionMap(d, size=r) if spec.has_spatial_map else None
     # the map is an extra channel of the decoder, or it gates the output
     output_gate = OutputGate(config.gate_gain) if spec.spatial_map == "gate" else None
     map_channel = spec.spatial_map == "channel"
-    code_dim = 2 * d if latent_attention is not None else d
-    if config.backbone == "mlp":
-        n_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-        encoder: nn.Module = MLPEncoder(
-            in_features=n_pixels, hidden_dim=config.hidden_dim, latent_dim=d
-        )
-        map_values = r * r if map_channel else 0
-        decoder: nn.Module = MLPDecoder(
-            in_dim=code_dim + map_values, hidden_dim=config.hidden_dim, image_shape=image_shape
-        )
-    else:
-        encoder = ConvEncoder(image_shape=image_shape, channels=config.conv_channels, latent_dim=d)
-        c1, c2 = config.conv_channels
-        coarse, _ = conv_sides(image_shape)
-        width = c2 if r == coarse else c1
-        block = _feature_block(spec.feature_block)(width) if spec.feature_block else None
-        decoder = ConvDecoder(
-            in_dim=code_dim,
-            channels=config.conv_channels,
-            image_shape=image_shape,
-            attention_resolution=r,
-            block=block,
-            takes_map=map_channel,
-        )
+    encoder, decoder = _backbone(
+        config,
+        image_shape,
+        code_dim=2 * d if latent_attention is not None else d,
+        # the MLP decoder takes the map's values with the code, the conv one as a channel
+        map_values=(r * r if config.backbone == "mlp" else 1) if map_channel else 0,
+        block_name=spec.feature_block,
+        attention_resolution=r,
+    )
     generator = Generator(
         decoder,
         latent_attention=latent_attention,
@@ -230,6 +280,30 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
         latent_dim=d,
         attention_loss_weight=config.attention_loss_weight,
         attention_target=config.attention_target,
+    )
+
+
+def _build_where(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
+    """The ``where`` variant (:mod:`attn_pipeline.models.where`): a glyph of
+    ``config.glyph_size`` drawn from ``z_what`` (``latent_dim`` dimensions) at the position
+    ``z_where`` (2 more) carries, through a map of ``attention_resolution`` cells a side."""
+    channels, canvas, _ = image_shape
+    glyph = config.glyph_size
+    centres = GlyphCentres(canvas, glyph)
+    glyph_encoder, decoder = _backbone(
+        config,
+        (channels, glyph, glyph),
+        code_dim=config.latent_dim,
+        map_values=0,
+        block_name=None,
+        attention_resolution=None,  # nothing attends inside the decoder
+    )
+    position_map = PositionMap(centres, canvas, config.attention_resolution)
+    generator = Generator(
+        decoder, spatial_map=position_map, placement=GlyphPlacement(position_map, canvas)
+    )
+    return VAE(
+        WhereEncoder(glyph_encoder, centres, glyph), generator, latent_dim=config.latent_dim + 2
     )
 
 

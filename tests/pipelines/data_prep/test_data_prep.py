@@ -77,3 +77,23 @@ def test_the_default_validation_size_fits_every_subset(subset_size, expected) ->
 def test_a_validation_split_that_leaves_nothing_to_train_on_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"val_size \(100\) leaves no training images"):
         DataPrepConfig(val_size=100).split_sizes(100)
+
+
+def test_a_canvas_places_every_image_whole_at_a_seeded_position(raw) -> None:
+    """Translated MNIST: each image, unchanged, somewhere on the canvas; the same seed the
+    same positions (a subset keeps its images' positions), the test file its own."""
+    images, labels = raw
+    config = DataPrepConfig(val_size=10, canvas_size=40)
+    train, val = split_training_file(images, labels, config, "translated")
+    plain, _ = split_training_file(images, labels, DataPrepConfig(val_size=10), "translated")
+    assert train["images"].shape[1:] == (1, 40, 40)
+    assert torch.allclose(train["images"].sum(dim=(1, 2, 3)), plain["images"].sum(dim=(1, 2, 3)))
+    ink = train["images"][:, 0] > 0
+    rows, cols = ink.any(2).float().argmax(1), ink.any(1).float().argmax(1)  # first inked
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols, strict=True)}) > len(rows) // 2
+    again, _ = split_training_file(images, labels, config, "translated")
+    assert torch.equal(again["images"], train["images"])
+    test = prepare_test_set(images, labels, config, "translated")
+    assert not torch.equal(test["images"][: len(train["images"])], train["images"])
+    with pytest.raises(ConfigError, match="canvas_size \\(20\\) is smaller than the images"):
+        split_training_file(images, labels, DataPrepConfig(val_size=10, canvas_size=20), "t")

@@ -29,6 +29,7 @@ from attn_pipeline.metrics import (
     evaluate_reconstruction,
     generation_metrics,
     importance_weighted_nll,
+    move_metrics,
     prior_samples,
     real_images,
     reconstructions,
@@ -156,7 +157,9 @@ def evaluate_model(
         the FID-proxy of N prior samples and of N reconstructions against N test images,
         the KID-proxy, precision, recall, sample confidence and class coverage; for
         variants with an editable map, the steering benchmark's ``steer_*``
-        (:func:`~attn_pipeline.metrics.steering_metrics`), and nothing of it for the others.
+        (:func:`~attn_pipeline.metrics.steering_metrics`) and the move benchmark's
+        ``move_*`` (:func:`~attn_pipeline.metrics.move_metrics`), and nothing of them for
+        the others.
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
@@ -226,6 +229,7 @@ def _evaluate(
     )
     if steerable(model):
         metrics |= steering_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
+        metrics |= move_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
     not_finite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if not_finite:
         raise ValueError(

@@ -12,9 +12,21 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
 from attn_pipeline.config import ConfigError, GenerateConfig, ScaleRectangleEdit
-from attn_pipeline.metrics.steering import EMPHASIS, HALVES, SUPPRESSION, half_edit
+from attn_pipeline.metrics.steering import (
+    EMPHASIS,
+    HALVES,
+    QUADRANTS,
+    SUPPRESSION,
+    half_edit,
+    pixel_box,
+)
 from attn_pipeline.models import VAE, load_checkpoint
-from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, TransplantMap
+from attn_pipeline.models.steering import (
+    MoveToRectangle,
+    ReplaceMap,
+    ScaleRectangle,
+    TransplantMap,
+)
 from attn_pipeline.models.vae import AttentionEdit
 
 
@@ -38,7 +50,7 @@ def render_images(
     """
     model, model_config = load_checkpoint(checkpoint, for_split=test_set)
     noise = torch.Generator().manual_seed(config.seed)
-    z = torch.randn(config.n_samples, model_config.latent_dim, generator=noise)
+    z = torch.randn(config.n_samples, model.latent_dim, generator=noise)
     samples = torch.sigmoid(model.decode(z).logits)
 
     images = test_set["images"]
@@ -160,13 +172,21 @@ def steering_rows(
     """The same samples ``z (B, D)`` decoded unsteered and under each edit.
 
     Rows: unsteered; each half emphasised, each half suppressed (the steering benchmark's
-    edits); the map inferred from another image (``donors (B, C, H, W)``, one per sample)
-    transplanted; ``custom_edit``. Returns ``(label, images (B, C, H, W), maps (B, 1, h, w))`` rows.
+    edits); the map replaced by each quadrant (the move benchmark's); the map inferred from
+    another image (``donors (B, C, H, W)``, one per sample) transplanted; ``custom_edit``.
+    Returns ``(label, images (B, C, H, W), maps (B, 1, h, w))`` rows.
     """
     edits: list[tuple[str, AttentionEdit | None]] = [("unsteered", None)]
     size = model.image_shape[-1]
     for kind, factor in (("emphasised", EMPHASIS), ("suppressed", SUPPRESSION)):
         edits += [(f"{half} {kind} x{factor:g}", half_edit(half, factor, size)) for half in HALVES]
+    edits += [
+        (
+            f"moved to {name.replace('_', ' ')}",
+            MoveToRectangle(**pixel_box(box, size), image_size=size),
+        )
+        for name, box in QUADRANTS.items()
+    ]
     edits += [
         ("map of a test image", TransplantMap(model.attention_map_of(donors))),
         ("configured edit", custom_edit),
@@ -189,7 +209,7 @@ def render_steering(
     """
     model, model_config = load_checkpoint(checkpoint, for_split=test_set)
     noise = torch.Generator().manual_seed(config.seed)
-    z = torch.randn(config.n_steered, model_config.latent_dim, generator=noise)
+    z = torch.randn(config.n_steered, model.latent_dim, generator=noise)
     images = test_set["images"]
     donors = images[torch.randperm(len(images), generator=noise)[: config.n_steered]]
     rows = [("test images (map donors)", donors, model.attention_map_of(donors).detach())]

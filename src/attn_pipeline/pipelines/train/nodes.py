@@ -126,7 +126,7 @@ def train_model(
         "precision_reason": result.precision.reason,
         "resumed_after_epoch": resume_from.epoch if resume_from is not None else 0,
     }
-    sampler = ImageSampler(model.generator, latent_dim=model_config.latent_dim).eval()
+    sampler = ImageSampler(model.generator, latent_dim=model.latent_dim).eval()
     return final, pd.DataFrame(result.history), sampler, run_params
 
 

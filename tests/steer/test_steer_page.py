@@ -1,0 +1,165 @@
+"""attn-steer: registered models load into a steerable generator; the page, driven in
+headless Chromium, steers, shows the result, saves the grid and answers bad input with a
+message."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from attn_pipeline.config import ModelConfig
+from attn_pipeline.models import ImageSampler, build_vae, make_checkpoint
+from attn_pipeline.registry import log_sampler_model, register
+from attn_pipeline.steer import load_checkpoint_model, load_registered_model
+from attn_pipeline.steer.app import ModelError
+
+CANVAS = (1, 40, 40)
+WHERE = ModelConfig(variant="where", latent_dim=4, glyph_size=28, attention_resolution=20)
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+
+
+def _checkpoint(path: Path, config: ModelConfig) -> Path:
+    torch.manual_seed(0)
+    model = build_vae(config, CANVAS)
+    torch.save(make_checkpoint(config, CANVAS, model.state_dict()), path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_registered_version_loads_as_the_generator_it_was(tmp_path: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        torch.manual_seed(0)
+        model = build_vae(WHERE, CANVAS).eval()
+        with mlflow.start_run():
+            mlflow.log_params({f"model.{k}": v for k, v in WHERE.model_dump().items()})
+            uri = log_sampler_model(ImageSampler(model.generator, latent_dim=model.latent_dim))
+            register(uri.model_uri, "toy.where", tags={"weights_hash": "x"}, description="toy")
+        mlflow.MlflowClient().set_registered_model_alias("toy.where", "champion", "1")
+        for reference in ("models:/toy.where/1", "models:/toy.where@champion"):
+            loaded = load_registered_model(reference)
+            z = torch.randn(3, model.latent_dim)
+            with torch.no_grad():
+                assert torch.allclose(loaded.vae.decode(z).logits, model.decode(z).logits)
+            assert loaded.variant == "where" and loaded.map_size == 20
+        with pytest.raises(ModelError, match="no registered model models:/nope/1"):
+            load_registered_model("models:/nope/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_model_without_a_map_is_refused_by_name(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
+    with pytest.raises(ModelError, match="has no attention map to edit"):
+        load_checkpoint_model(path)
+    with pytest.raises(ModelError, match="no checkpoint at"):
+        load_checkpoint_model(tmp_path / "missing.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _drag(page, x0: int, y0: int, x1: int, y1: int) -> None:
+    """Drag a box over the page's pad, in its pixels."""
+    pad = page.locator("#pad").bounding_box()
+    page.mouse.move(pad["x"] + x0, pad["y"] + y0)
+    page.mouse.down()
+    page.mouse.move(pad["x"] + x1, pad["y"] + y1, steps=5)
+    page.mouse.up()
+
+
+def _steer(page) -> str:
+    """Press Steer and wait for a new result image; its data URL."""
+    before = page.get_attribute("#result", "src")
+    page.click("#steer")
+    page.wait_for_function(
+        "([old]) => document.getElementById('result').src && "
+        "document.getElementById('result').src !== old",
+        arg=[before or ""],
+    )
+    return page.get_attribute("#result", "src")
+
+
+def _message_includes(page, text: str) -> None:
+    page.wait_for_function(
+        "([text]) => document.getElementById('message').textContent.includes(text)", arg=[text]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
+def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    where = _checkpoint(tmp_path / "where.pt", WHERE)
+    none = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
+    port, out = _free_port(), tmp_path / "saved"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("attn-steer")), "--model", str(where),
+         "--port", str(port), "--out", str(out)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(url)
+            page.wait_for_function("document.getElementById('description').textContent")
+            assert "where, 40x40 images, 20x20 map" in page.inner_text("#description")
+
+            page.click("#steer")  # no box yet
+            _message_includes(page, "the box is empty")
+
+            _drag(page, 10, 10, 130, 130)  # the top left quadrant of the 280-pixel pad
+            # the box in the image's pixels (a pixel either way at the pad's edges)
+            assert re.fullmatch(
+                r"rows [12]-1[89], columns [12]-1[89]", page.inner_text("#box-text")
+            )
+            top_left = _steer(page)
+            _drag(page, 150, 150, 270, 270)
+            bottom_right = _steer(page)
+            assert top_left.startswith("data:image/png;base64,") and top_left != bottom_right
+            page.screenshot(path=str(tmp_path / "page.png"))
+
+            page.click("#save")
+            page.wait_for_function(
+                "document.getElementById('message').textContent.startsWith('saved')"
+            )
+            saved = list(out.glob("steered_*.png"))
+            assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
+
+            page.fill("#model", "models:/no.such.model/1")
+            page.click("#load")
+            page.wait_for_function(
+                "document.getElementById('message').textContent.includes('no registered')"
+            )
+            page.fill("#model", str(none))
+            page.click("#load")
+            page.wait_for_function(
+                "document.getElementById('message').textContent.includes('no attention map')"
+            )
+            assert "Traceback" not in page.content()
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
