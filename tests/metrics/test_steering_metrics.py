@@ -90,3 +90,14 @@ def test_steering_moves_ink_on_a_model_trained_on_real_mnist(tmp_path: Path) -> 
     assert metrics["steer_suppression_change_inside"] > (
         2 * metrics["steer_suppression_change_outside"]
     )
+
+
+def test_the_datas_own_ink_share_percentiles() -> None:
+    from attn_pipeline.metrics.steering import ink_share_percentiles  # noqa: PLC0415
+
+    images = torch.zeros(100, 1, 28, 28)
+    images[:, :, 2:8, 4:10] = 1.0  # ink in the top left only
+    images[:50, :, 20:26, 4:10] = 1.0  # half of them as much again in the bottom left
+    shares = ink_share_percentiles(images, (5, 50, 99))
+    assert shares["left"][50] == 1.0 and shares["right"][99] == 0.0
+    assert shares["top"][5] == 0.5 and shares["top"][99] == 1.0

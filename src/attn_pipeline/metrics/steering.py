@@ -49,6 +49,35 @@ def region_mask(half: str, image_size: int) -> torch.Tensor:
     return rectangle_mask(image_size, image_size, **half_rectangle(half, image_size))
 
 
+def ink_share(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``images (B, C, H, W)``, ``mask (H, W)`` -> ``(B,)``: each image's share of its ink
+    (sum of intensities) inside the region."""
+    ink = images.sum(1)
+    return ink[:, mask].sum(1) / ink.flatten(1).sum(1).clamp_min(1e-8)
+
+
+def ink_share_percentiles(
+    images: torch.Tensor, percentiles: tuple[float, ...] = (5, 50, 95, 99)
+) -> dict[str, dict[float, float]]:
+    """The data's own bound on steering by fading: for each half of the image, the given
+    percentiles of its share of the ink over ``images (B, C, H, W)``. A steered sample whose
+    half holds more than the data's top percentiles is no longer like the data."""
+    size = images.shape[-1]
+    return {
+        half: {
+            q: float(v)
+            for q, v in zip(
+                percentiles,
+                torch.quantile(
+                    ink_share(images, region_mask(half, size)), torch.tensor(percentiles) / 100
+                ),
+                strict=True,
+            )
+        }
+        for half in HALVES
+    }
+
+
 @dataclass(frozen=True)
 class EditEffect:
     """What one edit did to a batch of samples, as sums over samples (to pool batches)."""
@@ -63,9 +92,7 @@ def edit_effect(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -
 
     The ink share is the fraction of an image's total intensity inside the region.
     """
-    ink_before, ink_after = before.sum(1), after.sum(1)  # (B, H, W)
-    share_before = ink_before[:, mask].sum(1) / ink_before.flatten(1).sum(1).clamp_min(1e-8)
-    share_after = ink_after[:, mask].sum(1) / ink_after.flatten(1).sum(1).clamp_min(1e-8)
+    share_before, share_after = ink_share(before, mask), ink_share(after, mask)
     change = (after - before).abs().mean(1)  # (B, H, W)
     return EditEffect(
         ink_share_change=float((share_after - share_before).sum()),
@@ -185,7 +212,7 @@ def move_metrics(
     device = next(model.parameters()).device
     size = model.image_shape[-1]
     noise = torch.Generator(device=device).manual_seed(seed)
-    in_box = ink_share = confidence_before = confidence_after = kept = 0.0
+    in_box = share = confidence_before = confidence_after = kept = 0.0
     for start in range(0, n, batch_size):
         z = torch.randn(
             min(batch_size, n - start), model.latent_dim, generator=noise, device=device
@@ -204,15 +231,14 @@ def move_metrics(
                 & (col >= bounds["left"]) & (col < bounds["right"])
             )  # fmt: skip
             in_box += float(inside.sum())
-            ink = after.sum(1)
-            ink_share += float((ink[:, mask].sum(1) / ink.flatten(1).sum(1).clamp_min(1e-8)).sum())
+            share += float(ink_share(after, mask).sum())
             top_after = classifier_view(extractor, after).probabilities.max(1)
             confidence_after += float(top_after.values.sum())
             kept += float((top_after.indices == top_before.indices).sum())
     moved = n * len(QUADRANTS)
     return {
         "move_in_box": in_box / moved,
-        "move_ink_share": ink_share / moved,
+        "move_ink_share": share / moved,
         "move_confidence_ratio": (confidence_after / moved) / max(confidence_before / n, 1e-12),
         "move_class_kept": kept / moved,
     }

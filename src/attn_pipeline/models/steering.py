@@ -29,19 +29,18 @@ def rectangle_mask(
 
 
 @dataclass(frozen=True)
-class ScaleRectangle:
-    """Multiply the weights inside a pixel rectangle of an ``image_size`` square image by
-    ``factor``, then renormalise."""
+class _PixelRectangle:
+    """A pixel rectangle ``[top, bottom) x [left, right)`` of an ``image_size`` square image."""
 
     top: int
     bottom: int
     left: int
     right: int
-    factor: float
     image_size: int
 
-    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
-        mask = rectangle_mask(
+    def cells(self, attention_map: torch.Tensor) -> torch.Tensor:
+        """``(h, w)`` bool mask of the map's cells inside the rectangle."""
+        return rectangle_mask(
             attention_map.shape[-1],
             self.image_size,
             top=self.top,
@@ -49,30 +48,26 @@ class ScaleRectangle:
             left=self.left,
             right=self.right,
         ).to(attention_map.device)
-        scale = torch.where(mask, self.factor, 1.0).to(attention_map.dtype)
-        return _renormalise(attention_map * scale)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleRectangle(_PixelRectangle):
+    """Multiply the weights inside the rectangle by ``factor``, then renormalise."""
+
+    factor: float
+
+    def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
+        scale = torch.where(self.cells(attention_map), self.factor, 1.0)
+        return _renormalise(attention_map * scale.to(attention_map.dtype))
 
 
 @dataclass(frozen=True)
-class MoveToRectangle:
-    """Replace the map by uniform weight on the cells inside a pixel rectangle of an
-    ``image_size`` square image: content that follows the map goes there."""
-
-    top: int
-    bottom: int
-    left: int
-    right: int
-    image_size: int
+class MoveToRectangle(_PixelRectangle):
+    """Replace the map by uniform weight on the cells inside the rectangle: content that
+    follows the map goes there."""
 
     def __call__(self, attention_map: torch.Tensor) -> torch.Tensor:
-        mask = rectangle_mask(
-            attention_map.shape[-1],
-            self.image_size,
-            top=self.top,
-            bottom=self.bottom,
-            left=self.left,
-            right=self.right,
-        ).to(attention_map.device)
+        mask = self.cells(attention_map)
         if not mask.any():
             raise ValueError(
                 f"the box rows [{self.top}, {self.bottom}) x cols [{self.left}, {self.right}) "
