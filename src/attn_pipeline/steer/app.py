@@ -114,7 +114,8 @@ def load_registered_model(uri: str) -> SteerableModel:
     values = {
         key.removeprefix("model."): _param_value(value)
         for key, value in params.items()
-        if key.startswith("model.")
+        # runs that logged the images' size in the model block: the graph says it
+        if key.startswith("model.") and key not in ("model.image_channels", "model.image_size")
     }
     try:
         config = ModelConfig.model_validate(values)
