@@ -116,12 +116,14 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # the same names, but for what only a variant with a spatial map has
     only_steerable = {"train/attention_loss"} | {
-        name for name in runs["spatial_gate"].data.metrics if name.startswith("test/steer_")
+        name
+        for name in runs["spatial_gate"].data.metrics
+        if name.startswith(("test/steer_", "test/move_"))
     }
     assert set(runs["none"].data.metrics) == set(runs["spatial_gate"].data.metrics) - (
         only_steerable
     )
-    assert "test/steer_suppression_ink_share" in only_steerable
+    assert {"test/steer_suppression_ink_share", "test/move_in_box"} <= only_steerable
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert {"test/neg_elbo", "test/recon_bce", "test/mse", "test/kl"} <= set(run.data.metrics)
@@ -447,8 +449,9 @@ def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
     assert list(differences["entry"].unique()) == ["spatial_gate"]
     markdown = (default_run / "data/08_reporting/mnist/study/comparison.md").read_text()
     assert "| spatial_gate | 2 |" in markdown
-    assert markdown.count("| spatial_gate | 2 |") == 3  # the steering table has its row
-    assert markdown.count("| none | 2 |") == 2  # ... and none has no steering row
+    # the steering and moving tables have its row; none has no row in either
+    assert markdown.count("| spatial_gate | 2 |") == 4
+    assert markdown.count("| none | 2 |") == 2
     reports = default_run / "data" / "08_reporting" / "mnist"
     assert (reports / "study.spatial_gate_seed0" / "steering.png").is_file()
     assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
