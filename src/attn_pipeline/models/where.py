@@ -148,12 +148,9 @@ class PositionMap(nn.Module):
     def centre_of(self, attention_map: torch.Tensor) -> torch.Tensor:
         """``(B, 1, m, m) -> (B, 2)``: the map's centre of mass in pixels, clamped to the
         centres a whole glyph can have."""
-        weights = attention_map[:, 0].float()
-        cells = self.cell_centres(weights.device)
-        total = weights.sum(dim=(1, 2)).clamp_min(1e-12)
-        row = (weights.sum(2) * cells).sum(1) / total
-        col = (weights.sum(1) * cells).sum(1) / total
-        return self.centres.clamp(torch.stack([row, col], dim=1))
+        # a map is an image of weights: its centre of mass in cells, scaled to pixels
+        centre = ink_centroid(attention_map.float()) * (self.canvas / self.size)
+        return self.centres.clamp(centre)
 
 
 class GlyphPlacement(nn.Module):
