@@ -96,6 +96,17 @@ def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dic
     return {key: write_idx(folder / RAW_NAMES[key], arrays[key]) for key in arrays}
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test ends with the environment it began with: ``mlflow.set_experiment`` (called
+    by kedro-mlflow in an in-process session) exports ``MLFLOW_EXPERIMENT_ID``, which a later
+    test's subprocess would inherit and look up in a store of its own where it does not exist."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def raw_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "raw"
