@@ -98,9 +98,11 @@ def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dic
 
 @pytest.fixture(autouse=True)
 def _environment_restored():
-    """Each test ends with the environment it began with: ``mlflow.set_experiment`` (called
-    by kedro-mlflow in an in-process session) exports ``MLFLOW_EXPERIMENT_ID``, which a later
-    test's subprocess would inherit and look up in a store of its own where it does not exist."""
+    """Each test begins without ``MLFLOW_EXPERIMENT_ID`` and ends with the environment it
+    began with: ``mlflow.set_experiment`` (called by kedro-mlflow in an in-process session,
+    module fixtures included) exports it, and a later test's subprocess would look that
+    experiment up in a store of its own where it does not exist."""
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     saved = dict(os.environ)
     yield
     os.environ.clear()
