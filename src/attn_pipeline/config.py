@@ -203,6 +203,10 @@ class EvaluateConfig(_Config):
     precision_recall_k: PositiveInt = 3
 
 
+#: How the extractor's last feature map becomes its feature layer's input.
+ExtractorPooling = Literal["flatten", "global_max"]
+
+
 class FeatureExtractorConfig(_Config):
     """The FID-proxy's classifier (``params:feature_extractor``), trained once per data set."""
 
@@ -210,6 +214,11 @@ class FeatureExtractorConfig(_Config):
     batch_size: PositiveInt = 128
     learning_rate: float = Field(1e-3, gt=0)
     feature_dim: int = Field(128, ge=16, le=512, description="width of the compared features")
+    pooling: ExtractorPooling = Field(
+        "flatten",
+        description="flatten: a dense layer over every position; global_max: the maximum "
+        "over positions (the same glyph anywhere gives the same features)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     min_test_accuracy: float = Field(

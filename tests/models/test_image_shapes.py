@@ -16,7 +16,7 @@ from attn_pipeline.config import (
 )
 from attn_pipeline.datasets import CheckpointFolders, ResultCache
 from attn_pipeline.models import build_vae
-from attn_pipeline.models.classifier import load_feature_extractor
+from attn_pipeline.models.classifier import FeatureClassifier, load_feature_extractor
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model, measure_real_images
 from attn_pipeline.pipelines.feature_extractor.nodes import ensure_feature_extractor
 from attn_pipeline.pipelines.generate.nodes import (
@@ -104,3 +104,27 @@ def test_a_steering_rectangle_outside_the_images_is_refused() -> None:
     with pytest.raises(ConfigError, match="outside the 32x32 images"):
         steering_edit(config, 32)
     assert steering_edit(config, 40) is not None
+
+
+def test_a_global_max_extractor_sees_the_same_glyph_anywhere_alike() -> None:
+    torch.manual_seed(0)
+    glyph = torch.rand(3, 8, 8)
+    # far enough from the borders that no receptive field (26 pixels) seeing it meets them
+    images = torch.zeros(2, 3, 80, 80)
+    images[0, :, 28:36, 28:36] = glyph
+    images[1, :, 40:48, 36:44] = glyph  # moved by multiples of the two pools' stride
+    for pooling, alike in (("global_max", True), ("flatten", False)):
+        extractor = FeatureClassifier(image_shape=(3, 80, 80), n_classes=N_CLASSES, pooling=pooling)
+        features = extractor.eval().features(images)
+        assert torch.allclose(features[0], features[1], atol=1e-6) is alike, pooling
+
+
+def test_a_stored_extractor_of_other_pooling_is_refused_by_name() -> None:
+    squares = _colour_split(64, 0)
+    flatten = FeatureExtractorConfig(epochs=1, batch_size=64)
+    extractor, _ = ensure_feature_extractor(None, None, squares, squares, flatten, "squares")
+    pooled = flatten.model_copy(update={"pooling": "global_max"})
+    with pytest.raises(ValueError, match="pools by 'flatten', but feature_extractor.pooling"):
+        ensure_feature_extractor(extractor, None, squares, squares, pooled, "squares")
+    trained, _ = ensure_feature_extractor(None, None, squares, squares, pooled, "squares")
+    assert load_feature_extractor(trained)(squares["images"][:2]).shape == (2, N_CLASSES)

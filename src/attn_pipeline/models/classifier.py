@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_pipeline.config import FeatureExtractorConfig
+from attn_pipeline.config import ExtractorPooling, FeatureExtractorConfig
 
 
 class FeatureClassifier(nn.Module):
@@ -22,6 +22,12 @@ class FeatureClassifier(nn.Module):
 
     The feature layer is what the FID-proxy compares. It is kept narrow (``feature_dim``,
     128 by default) because the Fréchet distance's small-sample bias grows with the width.
+
+    ``pooling`` says how the last feature map becomes the feature layer's input:
+    ``flatten`` (the default: a dense layer over every position) or ``global_max`` (two more
+    conv layers, receptive field 26 pixels, then the maximum over positions: the same glyph
+    anywhere on the image gives the same features, which a data set whose content can be
+    anywhere needs).
 
     Shapes: ``x (B, C, H, W) -> logits (B, n_classes)`` for ``image_shape (C, H, W)``;
     :meth:`features` gives ``(B, feature_dim)``.
@@ -35,22 +41,34 @@ class FeatureClassifier(nn.Module):
         feature_dim: int = 128,
         channels: tuple[int, int] = (32, 64),
         dropout: float = 0.3,
+        pooling: ExtractorPooling = "flatten",
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         image_channels, height, width = self.image_shape
         c1, c2 = channels
-        self.body = nn.Sequential(
+        blocks = [
             nn.Conv2d(image_channels, c1, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
             nn.Conv2d(c1, c2, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
-            nn.Flatten(),
-            nn.Linear(c2 * (height // 4) * (width // 4), feature_dim),
-            nn.ReLU(),
-        )
+        ]
+        if pooling == "flatten":
+            head_in = c2 * (height // 4) * (width // 4)
+            blocks += [nn.Flatten()]
+        else:
+            head_in = 2 * c2
+            blocks += [
+                nn.Conv2d(c2, head_in, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(head_in, head_in, 3, padding=1),
+                nn.ReLU(),  # (B, 2 c2, H/4, W/4)
+                nn.AdaptiveMaxPool2d(1),
+                nn.Flatten(),  # (B, 2 c2)
+            ]
+        self.body = nn.Sequential(*blocks, nn.Linear(head_in, feature_dim), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
 
     def check_input(self, images: torch.Tensor, what: str) -> None:
@@ -104,6 +122,7 @@ def load_feature_extractor(checkpoint: dict[str, Any]) -> FeatureClassifier:
         image_shape=extractor_image_shape(checkpoint),
         n_classes=checkpoint["state_dict"]["head.1.weight"].shape[0],
         feature_dim=config.feature_dim,
+        pooling=config.pooling,
     )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

@@ -46,6 +46,7 @@ def fit_classifier(
         image_shape=tuple(train_set["images"].shape[1:]),
         n_classes=int(train_set["labels"].max()) + 1,
         feature_dim=config.feature_dim,
+        pooling=config.pooling,
     ).to(device)
     images, labels = train_set["images"].to(device), train_set["labels"].to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -105,6 +106,14 @@ def ensure_feature_extractor(
                 f"{extractor_image_shape(stored)}, but the data's are "
                 f"{tuple(train_set['images'].shape[1:])}: delete it to train a new one "
                 "(with feature_extractor.use_reference: false)"
+            )
+        stored_pooling = FeatureExtractorConfig.model_validate(stored.get("config", {})).pooling
+        if stored_pooling != config.pooling:
+            raise ValueError(
+                f"the stored feature extractor of '{dataset}' pools by '{stored_pooling}', "
+                f"but feature_extractor.pooling is '{config.pooling}': delete it to train a "
+                "new one (with feature_extractor.use_reference: false), or set the pooling "
+                "it was trained with"
             )
         logger.info(
             "using the stored feature extractor %s (test accuracy %.4f)",
