@@ -1,0 +1,98 @@
+"""How far a feature extractor's class can be trusted after a move: real test images moved
+whole (an exact shift by whole pixels) so that their ink centroid lands in each quadrant's
+box, as the move benchmark's boxes place a glyph, and classified before and after.
+
+A glyph moved whole is the same glyph, so every change of class here is the extractor's: the
+figure bounds the ``move_class_kept`` any model can reach when measured with that extractor.
+
+    .venv/bin/python -m benchmarks.extractor_invariance --env translated_mnist --raw mnist \\
+        data/06_models/feature_extractor/translated_mnist.pt [more extractors]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from attn_pipeline.config import DataPrepConfig
+from attn_pipeline.metrics.generation import classifier_view
+from attn_pipeline.metrics.steering import QUADRANTS, pixel_box
+from attn_pipeline.models.classifier import load_feature_extractor
+from attn_pipeline.models.where import GlyphCentres, ink_centroid, pixel_centres
+from attn_pipeline.run_parameters import load_parameters
+from benchmarks._data import load_splits
+
+
+def shift_whole(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``images (B, C, S, S)`` moved by ``shift (B, 2)`` whole pixels (row, column), zeros
+    coming in: pixel p shows the input's pixel p - shift, exactly."""
+    side = images.shape[-1]
+    p = pixel_centres(side)
+    rows = p[None, :] - shift[:, 0:1]
+    cols = p[None, :] - shift[:, 1:2]
+    y = (2 * rows / side - 1)[:, :, None].expand(-1, -1, side)
+    x = (2 * cols / side - 1)[:, None, :].expand(-1, side, -1)
+    grid = torch.stack([x, y], dim=-1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def moved_class_kept(
+    extractor_path: Path, images: torch.Tensor, labels: torch.Tensor, glyph_size: int
+) -> dict[str, tuple[float, float, float]]:
+    """Per quadrant: (class kept, accuracy after the move, share of ink kept on the canvas);
+    and ``"unmoved"``: (1, accuracy, 1)."""
+    extractor = load_feature_extractor(torch.load(extractor_path, weights_only=False))
+    side = images.shape[-1]
+    centres = GlyphCentres(side, glyph_size)
+
+    def top_class(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [classifier_view(extractor, part).probabilities.argmax(1) for part in batch.split(1000)]
+        )
+
+    before = top_class(images)
+    rows = {"unmoved": (1.0, float((before == labels).float().mean()), 1.0)}
+    centroid = ink_centroid(images)
+    for name, box in QUADRANTS.items():
+        bounds = pixel_box(box, side)
+        target = torch.tensor(
+            [(bounds["top"] + bounds["bottom"]) / 2, (bounds["left"] + bounds["right"]) / 2]
+        )
+        # the box's centre, or the nearest a whole glyph can have (as `where` places one)
+        target = centres.clamp(target.expand(len(images), 2))
+        moved = shift_whole(images, torch.round(target - centroid))
+        after = top_class(moved)
+        rows[name] = (
+            float((after == before).float().mean()),
+            float((after == labels).float().mean()),
+            float(moved.sum() / images.sum()),
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("extractors", nargs="+", type=Path)
+    parser.add_argument("--env", default="translated_mnist")
+    parser.add_argument("--raw", default="mnist", help="the raw data set (globals' raw_data)")
+    parser.add_argument("--glyph-size", type=int, default=28)
+    args = parser.parse_args()
+    config = DataPrepConfig.model_validate(load_parameters(env=args.env)["data_prep"])
+    _, _, test = load_splits(args.raw, config)
+    images, labels = test["images"].float(), test["labels"]
+    print(f"{args.env}: {len(images)} test images, {images.shape[-1]}x{images.shape[-1]}")
+    print("| extractor | moved to | class kept | accuracy | ink kept |")
+    print("|---|---|---|---|---|")
+    for path in args.extractors:
+        for name, (kept, accuracy, ink) in moved_class_kept(
+            path, images, labels, args.glyph_size
+        ).items():
+            print(f"| {path.name} | {name} | {kept:.3f} | {accuracy:.3f} | {ink:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
