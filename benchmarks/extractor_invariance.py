@@ -4,9 +4,13 @@ box, as the move benchmark's boxes place a glyph, and classified before and afte
 
 A glyph moved whole is the same glyph, so every change of class here is the extractor's: the
 figure bounds the ``move_class_kept`` any model can reach when measured with that extractor.
+With ``--model`` (a ``where`` checkpoint), also the class kept of its prior samples when the
+map is replaced by its own peak cell: the glyph moves by at most one pixel, so what changes
+is only its resampling, and the figure is the floor of ``move_class_kept`` on those samples.
 
     .venv/bin/python -m benchmarks.extractor_invariance --env translated_mnist --raw mnist \\
-        data/06_models/feature_extractor/translated_mnist.pt [more extractors]
+        data/06_models/feature_extractor/translated_mnist.pt [more extractors] \\
+        [--model data/06_models/translated_mnist/where/model.pt]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from attn_pipeline.metrics.steering import QUADRANTS, pixel_box
 from attn_pipeline.models.classifier import load_feature_extractor
 from attn_pipeline.models.where import GlyphCentres, ink_centroid, pixel_centres
 from attn_pipeline.run_parameters import load_parameters
+from attn_pipeline.steer import load_checkpoint_model
 from benchmarks._data import load_splits
 
 
@@ -74,12 +79,35 @@ def moved_class_kept(
     return rows
 
 
+def peak_cell(attention_map: torch.Tensor) -> torch.Tensor:
+    """An edit: the map replaced by all its weight on its largest cell."""
+    flat = attention_map.flatten(1)
+    peak = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True), 1.0)
+    return peak.view_as(attention_map)
+
+
+@torch.no_grad()
+def nudged_class_kept(
+    extractor_path: Path, model_path: Path, n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """(class kept, mean confidence) of ``n`` prior samples decoded with their own map and
+    with its peak cell (:func:`peak_cell`)."""
+    extractor = load_feature_extractor(torch.load(extractor_path, weights_only=False))
+    vae = load_checkpoint_model(model_path).vae.eval()
+    z = torch.randn(n, vae.latent_dim, generator=torch.Generator().manual_seed(seed))
+    before = classifier_view(extractor, torch.sigmoid(vae.decode(z).logits)).probabilities
+    after = classifier_view(extractor, torch.sigmoid(vae.decode(z, peak_cell).logits))
+    kept = (after.probabilities.argmax(1) == before.argmax(1)).float().mean()
+    return float(kept), float(before.max(1).values.mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("extractors", nargs="+", type=Path)
     parser.add_argument("--env", default="translated_mnist")
     parser.add_argument("--raw", default="mnist", help="the raw data set (globals' raw_data)")
     parser.add_argument("--glyph-size", type=int, default=28)
+    parser.add_argument("--model", type=Path, help="a where checkpoint: its samples' floor")
     args = parser.parse_args()
     config = DataPrepConfig.model_validate(load_parameters(env=args.env)["data_prep"])
     _, _, test = load_splits(args.raw, config)
@@ -92,6 +120,13 @@ def main() -> None:
             path, images, labels, args.glyph_size
         ).items():
             print(f"| {path.name} | {name} | {kept:.3f} | {accuracy:.3f} | {ink:.3f} |")
+    if args.model is not None:
+        print(f"\n{args.model}: 2,000 prior samples, the map replaced by its peak cell")
+        print("| extractor | class kept | mean confidence, unmoved |")
+        print("|---|---|---|")
+        for path in args.extractors:
+            kept, confidence = nudged_class_kept(path, args.model)
+            print(f"| {path.name} | {kept:.3f} | {confidence:.3f} |")
 
 
 if __name__ == "__main__":
