@@ -101,6 +101,13 @@ def nudged_class_kept(
     return float(kept), float(before.max(1).values.mean())
 
 
+def _label(extractor_path: Path) -> str:
+    """``pooling `hash```: which extractor a row measured."""
+    checkpoint = torch.load(extractor_path, weights_only=False)
+    pooling = checkpoint["config"].get("pooling", "flatten")
+    return f"{pooling} `{checkpoint['hash']}`"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("extractors", nargs="+", type=Path)
@@ -119,14 +126,14 @@ def main() -> None:
         for name, (kept, accuracy, ink) in moved_class_kept(
             path, images, labels, args.glyph_size
         ).items():
-            print(f"| {path.name} | {name} | {kept:.3f} | {accuracy:.3f} | {ink:.3f} |")
+            print(f"| {_label(path)} | {name} | {kept:.3f} | {accuracy:.3f} | {ink:.3f} |")
     if args.model is not None:
         print(f"\n{args.model}: 2,000 prior samples, the map replaced by its peak cell")
         print("| extractor | class kept | mean confidence, unmoved |")
         print("|---|---|---|")
         for path in args.extractors:
             kept, confidence = nudged_class_kept(path, args.model)
-            print(f"| {path.name} | {kept:.3f} | {confidence:.3f} |")
+            print(f"| {_label(path)} | {kept:.3f} | {confidence:.3f} |")
 
 
 if __name__ == "__main__":
