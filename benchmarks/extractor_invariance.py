@@ -19,29 +19,15 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from attn_pipeline.config import DataPrepConfig
 from attn_pipeline.metrics.generation import classifier_view
 from attn_pipeline.metrics.steering import QUADRANTS, pixel_box
 from attn_pipeline.models.classifier import load_feature_extractor
-from attn_pipeline.models.where import GlyphCentres, ink_centroid, pixel_centres
+from attn_pipeline.models.where import GlyphCentres, ink_centroid, place_glyph
 from attn_pipeline.run_parameters import load_parameters
 from attn_pipeline.steer import load_checkpoint_model
 from benchmarks._data import load_splits
-
-
-def shift_whole(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``images (B, C, S, S)`` moved by ``shift (B, 2)`` whole pixels (row, column), zeros
-    coming in: pixel p shows the input's pixel p - shift, exactly."""
-    side = images.shape[-1]
-    p = pixel_centres(side)
-    rows = p[None, :] - shift[:, 0:1]
-    cols = p[None, :] - shift[:, 1:2]
-    y = (2 * rows / side - 1)[:, :, None].expand(-1, -1, side)
-    x = (2 * cols / side - 1)[:, None, :].expand(-1, side, -1)
-    grid = torch.stack([x, y], dim=-1)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
@@ -69,7 +55,9 @@ def moved_class_kept(
         )
         # the box's centre, or the nearest a whole glyph can have (as `where` places one)
         target = centres.clamp(target.expand(len(images), 2))
-        moved = shift_whole(images, torch.round(target - centroid))
+        # the whole image placed as a glyph, its centre shifted by whole pixels: exact
+        shift = torch.round(target - centroid)
+        moved = place_glyph(images, side / 2 + shift, side, torch.zeros(()))
         after = top_class(moved)
         rows[name] = (
             float((after == before).float().mean()),
