@@ -4,6 +4,7 @@ message."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -34,18 +35,19 @@ def _checkpoint(path: Path, config: ModelConfig) -> Path:
 
 
 #: Run in a process of its own (no MLflow state shared with other tests): a toy `where`
-#: generator logged and registered as `kedro run` does, then loaded back by attn-steer.
+#: generator (argv: store, WHERE as JSON, CANVAS as JSON) logged and registered as
+#: `kedro run` does, then loaded back by attn-steer.
 REGISTERED_ROUND_TRIP = """
-import sys, mlflow, torch
+import json, sys, mlflow, torch
 from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import ImageSampler, build_vae
 from attn_pipeline.registry import log_sampler_model, register
 from attn_pipeline.steer import load_registered_model
 from attn_pipeline.steer.app import ModelError
 mlflow.set_tracking_uri(sys.argv[1])
-config = ModelConfig(variant="where", latent_dim=4, glyph_size=28, attention_resolution=20)
+config = ModelConfig.model_validate_json(sys.argv[2])
 torch.manual_seed(0)
-model = build_vae(config, (1, 40, 40)).eval()
+model = build_vae(config, tuple(json.loads(sys.argv[3]))).eval()
 with mlflow.start_run():
     mlflow.log_params({f"model.{k}": v for k, v in config.model_dump().items()})
     uri = log_sampler_model(ImageSampler(model.generator, latent_dim=model.latent_dim))
@@ -70,7 +72,10 @@ print("round trip ok")
 @pytest.mark.slow
 def test_a_registered_version_loads_as_the_generator_it_was(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", REGISTERED_ROUND_TRIP, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        [
+            sys.executable, "-c", REGISTERED_ROUND_TRIP, f"sqlite:///{tmp_path / 'mlflow.db'}",
+            WHERE.model_dump_json(), json.dumps(CANVAS),
+        ],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0 and "round trip ok" in out.stdout, out.stderr[-3000:]
