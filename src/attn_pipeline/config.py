@@ -27,9 +27,24 @@ class ConfigError(click.ClickException, ValueError):
     and exits 1."""
 
 
+#: The top-level parameters besides the entries (each a block with a ``model``).
+PARAMETER_BLOCKS = (
+    "dataset",
+    "entries",
+    "data_prep",
+    "feature_extractor",
+    "train",
+    "evaluate",
+    "generate",
+    "registry",
+    "study",
+)
+
+
 class _Config(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A non-finite float (learning_rate=inf) cannot train: refused with the other values.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataPrepConfig(_Config):

@@ -1,76 +1,72 @@
-"""Checks that need more than one parameters file or the catalog, run before the first node."""
+"""Checks that need more than one parameter or the catalog, run before the first node."""
 
 from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Collection, Mapping
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines as registered_pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
-from attn_pipeline.config import ConfigError, DataPrepConfig, TrainConfig
-from attn_pipeline.pipeline_registry import use_run_parameters
+from attn_pipeline.config import PARAMETER_BLOCKS, ConfigError, DataPrepConfig, TrainConfig
+from attn_pipeline.pipeline_registry import STUDY_PIPELINE, use_run_parameters
 from attn_pipeline.pipelines import TRAIN_TAG
-from attn_pipeline.run_guard import ProjectRunLock, output_groups
+from attn_pipeline.tracking.runs import GIVEN_RUN
+from attn_pipeline.tracking.store import ProjectRunLock, output_groups
+from attn_pipeline.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
-#: Pipelines never named as the fix for a missing input: they run far more than what is
-#: missing (the smallest pipeline that writes it is named).
-_COMPOSITE_PIPELINES = ("__default__", "compare")
+#: Pipelines never named as the fix for a missing input: they run far more than it.
+_COMPOSITE_PIPELINES = ("__default__", STUDY_PIPELINE)
 
 
 class MissingInputError(click.ClickException):
-    """A dataset the run reads does not exist and no node of the run makes it. ``kedro run``
-    prints the message as one line (no traceback) and exits 1."""
+    """A dataset the run reads does not exist and no node of the run makes it."""
 
 
-def _refuse_unknown(unknown: Collection[str], known: Collection[str], where: str) -> None:
-    if not unknown:
-        return
-    described = []
+def unknown_keys(params: Mapping[str, Any]) -> set[str]:
+    """Top-level keys the project does not know: not a typed block, and not an entry (a
+    block with a ``model``): ``trian: {epochs: 3}`` would otherwise be ignored in silence."""
+    entries = {k for k, v in params.items() if isinstance(v, Mapping) and "model" in v}
+    return set(params) - set(PARAMETER_BLOCKS) - entries
+
+
+def _where(key: str, loader: Any) -> str:
+    """Where a top-level key comes from: ``--params``, else the parameters files of the
+    run's environments that hold it (a configuration folder; a packaged tarball: unnamed)."""
+    if key in (loader.runtime_params or {}):
+        return "--params"
+    folder = Path(str(loader.conf_source))
+    envs = (loader.base_env, loader.env or loader.default_run_env)
+    files = [
+        str(path)
+        for env in envs
+        for path in sorted((folder / env).glob("parameters*.yml"))
+        if key in (yaml.safe_load(path.read_text()) or {})
+    ]
+    return ", ".join(files) or "the parameters files"
+
+
+def check_parameter_keys(params: Mapping[str, Any], loader: Any) -> None:
+    unknown = unknown_keys(params)
+    known = sorted(set(params) - unknown)
     for key in sorted(unknown):
-        nearest = difflib.get_close_matches(key, list(known), n=1)
-        described.append(f"'{key}'" + (f" (did you mean '{nearest[0]}'?)" if nearest else ""))
-    raise ConfigError(
-        f"{where} names {', '.join(described)}, which conf/base's parameters files do not "
-        f"have; the top-level parameters are {sorted(known)}. Fix the name and run again."
-    )
-
-
-def check_runtime_params(runtime_params: Mapping[str, Any], known: Collection[str]) -> None:
-    """Refuse ``--params`` whose top-level key no parameters file has: a typo would
-    otherwise be ignored in silence (keys inside a block are checked by the typed configs)."""
-    _refuse_unknown(set(runtime_params) - set(known), known, "--params")
-
-
-def check_parameter_files(
-    base: Mapping[Path, Mapping[str, Any]],
-    overrides: Mapping[Path, Mapping[str, Any]],
-    entries: Collection[str],
-) -> set[str]:
-    """Refuse a top-level key of an environment's (or ``conf/local``'s) parameters file that
-    base does not have, naming the file: ``trian: {epochs: 3}`` would otherwise train the
-    default budget in silence. A block for an entry the run lists (``entries``,
-    ``study.entries``) is allowed: an environment may define its own entries.
-    Returns the keys known to the run (base's and those entries')."""
-    known = {key for config in base.values() for key in config} | set(entries)
-    for path, config in sorted(overrides.items()):
-        _refuse_unknown(set(config) - known, known, f"{path}")
-    return known
-
-
-def _listed_entries(params: Mapping[str, Any]) -> set[str]:
-    study = params.get("study") or {}
-    return set(params.get("entries") or []) | set(
-        study.get("entries") or [] if isinstance(study, Mapping) else []
-    )
+        nearest = difflib.get_close_matches(key, known, n=1)
+        raise ConfigError(
+            f"{_where(key, loader)} names '{key}'"
+            + (f" (did you mean '{nearest[0]}'?)" if nearest else "")
+            + f", which the project does not know: the top-level parameters are {known} "
+            "and entries (blocks with a 'model'). Fix the name and run again."
+        )
 
 
 def check_inputs_exist(
@@ -81,7 +77,7 @@ def check_inputs_exist(
     env_option: str = "",
 ) -> None:
     """Stop before any node when a dataset the run reads is missing, naming the command that
-    makes it: the pipeline that writes it (smallest first) or, for raw files, the fetch."""
+    makes it: the smallest pipeline that writes it or, for raw files, the fetch."""
     missing = [
         name
         for name in sorted(pipeline.inputs())
@@ -90,13 +86,9 @@ def check_inputs_exist(
         and not getattr(catalog.get(name), "missing_ok", False)  # loads as None when absent
         and not catalog.exists(name)
     ]
-    if not missing:
-        return
     lines = []
     for name in missing:
-        described = catalog.get(name)
-        where = getattr(described, "_filepath", None) or getattr(described, "_path", None)
-        what = f"{name} ({where})" if where else name
+        where = catalog.config_resolver.resolve_pattern(name).get("filepath")
         if name.startswith("raw_"):  # its folder: the raw data set (globals' raw_data)
             fix = f"attn-fetch-data {Path(str(where)).parent.name if where else dataset}"
         else:
@@ -106,91 +98,71 @@ def check_inputs_exist(
                 if p_name not in _COMPOSITE_PIPELINES and name in p.all_outputs()
             )
             fix = f"kedro run --pipelines {makers[0][1]}{env_option}" if makers else "kedro run"
-        lines.append(f"{what} does not exist: run `{fix}` first")
-    raise MissingInputError("; ".join(dict.fromkeys(lines)))
+        lines.append(f"{f'{name} ({where})' if where else name} does not exist: run `{fix}` first")
+    if lines:
+        raise MissingInputError("; ".join(dict.fromkeys(lines)))
 
 
 class RunPlanCheckHook:
-    """Fail fast when the run cannot work: unknown parameter keys, missing inputs, a training
-    budget that does not fit the data the run will have.
+    """Fail fast when the run cannot work: unknown parameter keys, a study cell outside
+    ``attn-study``, missing inputs, a budget or device the run cannot have. Also hands the
+    run's parameters to the pipeline registry, and holds the project folder's outputs the
+    run writes (:class:`ProjectRunLock`) while it runs."""
 
-    Single values are checked by Kedro against the typed configs; what is checked here
-    needs more than one of them or the catalog. It also hands the run's parameters to the
-    pipeline registry, which builds the variant and study pipelines from them.
-    """
-
-    def __init__(self) -> None:
-        self._params: dict[str, Any] = {}
-        self._config_loader: Any = None
-        self._lock: ProjectRunLock | None = None
-
-    # tryfirst: the pipelines must be built from this run's parameters before any other
-    # hook reads them (Kedro's typed-parameter validation goes through the pipelines)
+    # tryfirst: the pipelines are built from this run's parameters before any other hook
+    # reads them (Kedro's typed-parameter validation goes through the pipelines)
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
-        self._config_loader = context.config_loader
+        self._loader = context.config_loader
         self._params = context.config_loader["parameters"]
         use_run_parameters(self._params)
         self._lock = ProjectRunLock(Path(context.project_path))
 
-    def _check_parameter_keys(self) -> None:
-        """Every top-level key, wherever it comes from, is one the project knows. Reads the
-        files through the session's own loader, so ``--conf-source`` (a folder or the
-        packaged project's tarball) is honoured."""
-        base, overrides, *_ = self._config_loader._read_raw_config("parameters")  # noqa: SLF001
-        known = check_parameter_files(base, overrides, _listed_entries(self._params))
-        check_runtime_params(self._config_loader.runtime_params or {}, known)
-
-    def _expected_train_size(self, pipeline: Pipeline, catalog: CatalogProtocol) -> int | None:
-        if "train_set" in pipeline.all_outputs():
-            raw = catalog.get("raw_train_images")
-            if raw is None or not raw.exists():
-                return None  # the load will fail with its own message
-            prep = DataPrepConfig.model_validate(self._params.get("data_prep", {}))
-            return prep.split_sizes(raw.item_count())[0]
-        if catalog.exists("train_set"):
-            return len(catalog.load("train_set")["images"])
-        return None
-
-    # tryfirst: a run that cannot work must stop before kedro-mlflow opens its MLflow run;
-    # Kedro calls no error hook for a failure here, so that run would be left open.
+    # tryfirst: a run that cannot work stops before kedro-mlflow opens its MLflow run
+    # (Kedro calls no error hook for a failure here, so that run would stay open)
     @hook_impl(tryfirst=True)
     def before_pipeline_run(
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
+        dataset = str(self._params.get("dataset", ""))
+        namespaces = {node.namespace for node in pipeline.nodes}
         try:
-            self._check_parameter_keys()
+            check_parameter_keys(self._params, self._loader)
+            if any(n and n.startswith("study.") for n in namespaces) and not os.environ.get(
+                GIVEN_RUN
+            ):
+                raise ConfigError(
+                    "the study's cells run through `attn-study`, which gives each its own "
+                    "process and MLflow run and then compares them: run `attn-study`"
+                )
             env = run_params.get("env")
-            check_inputs_exist(
-                pipeline,
-                catalog,
-                registered_pipelines,
-                str(self._params.get("dataset", "")),
-                f" --env {env}" if env and env != "local" else "",
-            )
-            self._check_budget(pipeline, catalog)
+            option = f" --env {env}" if env and env != "local" else ""
+            check_inputs_exist(pipeline, catalog, registered_pipelines, dataset, option)
+            if any(TRAIN_TAG in node.tags for node in pipeline.nodes):
+                self._check_training(pipeline, catalog)
         except click.ClickException:
             logger.error("run stopped before any node ran")
             raise
-        if self._lock is not None:  # last: a refused run holds nothing
-            namespaces = {node.namespace for node in pipeline.nodes}
-            dataset = str(self._params.get("dataset", ""))
-            self._lock.acquire(output_groups(namespaces, dataset))
+        self._lock.acquire(output_groups(namespaces, dataset))  # last: a refused run holds none
+
+    def _check_training(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        train = TrainConfig.model_validate(self._params.get("train", {}))
+        try:
+            resolve_device(train.device)
+        except RuntimeError as error:
+            raise ConfigError(str(error)) from None
+        if "train_set" in pipeline.all_outputs():
+            raw = catalog.get("raw_train_images")
+            if raw is not None and raw.exists():
+                prep = DataPrepConfig.model_validate(self._params.get("data_prep", {}))
+                train.check_fits(prep.split_sizes(raw.item_count())[0])
+        elif catalog.exists("train_set"):
+            train.check_fits(len(catalog.load("train_set")["images"]))
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
+        self._lock.release()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-
-    def _check_budget(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-        if not any(TRAIN_TAG in node.tags for node in pipeline.nodes):
-            return
-        train = TrainConfig.model_validate(self._params.get("train", {}))
-        n_train = self._expected_train_size(pipeline, catalog)
-        if n_train is not None:
-            train.check_fits(n_train)
+        self._lock.release()

@@ -3,7 +3,8 @@
 Each entry named in the ``entries`` parameter (a ``<name>.model`` block: an architecture,
 ``model.variant``, and its settings) gets a namespaced copy of the train, evaluate and
 generate pipelines (``none.train_none``, ``spatial_gate.train_spatial_gate``, ...), and the
-``compare`` study one copy per entry and seed in ``study`` (the pattern of Kedro's
+``study`` pipeline one copy per entry and seed in ``study`` (``attn-study`` runs each
+cell as its own ``kedro run``) (the pattern of Kedro's
 "dynamic pipelines" documentation). The lists are the run's own parameters, as Kedro
 loaded them (base, the run's ``--env``, conf/local and ``--params``): once a session's
 context exists, :class:`attn_pipeline.hooks.RunPlanCheckHook` hands them over with
@@ -32,8 +33,13 @@ from attn_pipeline.pipelines import (
 from attn_pipeline.run_parameters import run_parameters, set_run_parameters
 from attn_pipeline.variants import variant_spec
 
+#: The study's cells and the shared step they need (``attn-study`` runs one cell a process).
+STUDY_PIPELINE = "study"
 
-def _checked_names(names: list[str], what: str, params: dict[str, Any]) -> tuple[str, ...]:
+
+def _checked_names(names: Any, what: str, params: dict[str, Any]) -> tuple[str, ...]:
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"parameter '{what}' must be a list of names, got {names!r}")
     if not names or len(set(names)) != len(names):
         raise ValueError(f"parameter '{what}' must list distinct names, got {names!r}")
     missing = [name for name in names if "model" not in params.get(name, {})]
@@ -63,7 +69,7 @@ def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
     which entries get a steering node."""
     refuse_renamed(params)
     refuse_renamed(params.get("study") or {}, "study.")
-    entries = _checked_names(list(params.get("entries", [])), "entries", params)
+    entries = _checked_names(params.get("entries", []), "entries", params)
     study = StudyConfig.model_validate(params.get("study", {}))
     study_entries = _checked_names(list(study.entries), "study.entries", params)
     return {
@@ -85,7 +91,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Each pipeline with the upstream steps it needs, so that ``kedro run --pipelines X``
     works from raw data: preparing the data is seconds and follows the run's own
     ``data_prep`` parameters, so every pipeline that reads the model input makes it afresh
-    (as ``compare`` does). Trained models are not remade: ``evaluate`` and ``generate``
+    (as ``study`` does). Trained models are not remade: ``evaluate`` and ``generate``
     read those of an earlier ``train`` (the run stops first, naming it, when one is missing).
     """
     plan = pipeline_plan(run_parameters())
@@ -101,7 +107,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "generate": prepared + generate.create_pipeline(entries, steerable=steerable),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
-    pipelines["compare"] = compare.create_pipeline(
+    pipelines[STUDY_PIPELINE] = compare.create_pipeline(
         study_entries, plan["study.seeds"], steerable=steerable
     )
     pipelines["study_report"] = compare.create_report_pipeline()

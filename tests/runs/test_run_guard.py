@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from attn_pipeline.run_guard import ProjectBusyError, ProjectRunLock
+from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock
 from tests.conftest import project_copy
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
@@ -49,7 +49,7 @@ def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
         import sys, time
         from pathlib import Path
         import mlflow
-        from attn_pipeline.run_guard import prepare_tracking_store
+        from attn_pipeline.tracking.store import prepare_tracking_store
         start, uri, name = float(sys.argv[1]), sys.argv[2], sys.argv[3]
         while time.time() < start:
             pass
@@ -76,7 +76,7 @@ def test_a_second_run_in_a_busy_project_folder_is_refused(tmp_path: Path) -> Non
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from attn_pipeline.run_guard import ProjectRunLock\n"
+            "from attn_pipeline.tracking.store import ProjectRunLock\n"
             "lock = ProjectRunLock(Path(sys.argv[1]))\nlock.acquire()\nprint('held', flush=True)\n"
             "time.sleep(120)\n",
             str(tmp_path),

@@ -100,7 +100,7 @@ def test_an_interrupted_run_ends_killed(tmp_path: Path, signum: int) -> None:
 #: leaving a file that says it has begun, so that a signal lands inside it.
 SLOW_MODEL_LOGGING = """
 import os, pathlib, time
-import attn_pipeline.registry as registry
+import attn_pipeline.tracking.registry as registry
 _log_sampler_model = registry.log_sampler_model
 def _slow(sampler):
     pathlib.Path(os.environ["MODEL_LOGGING_BEGUN"]).touch()

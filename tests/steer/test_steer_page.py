@@ -41,7 +41,7 @@ REGISTERED_ROUND_TRIP = """
 import json, sys, mlflow, torch
 from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import ImageSampler, build_vae
-from attn_pipeline.registry import log_sampler_model, register
+from attn_pipeline.tracking.registry import log_sampler_model, register
 from attn_pipeline.steer import load_registered_model
 from attn_pipeline.steer.app import ModelError
 mlflow.set_tracking_uri(sys.argv[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import mlflow
@@ -16,24 +17,26 @@ SUMMARY_ARTIFACT = "summary.json"
 
 
 class MlflowStudyCellsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
-    """The study's cells as ``{namespace: row}``, from the active MLflow run (the study's):
-    its FINISHED child runs (the newest of a namespace, if a cell ran twice) and the runs
-    its ``attn_pipeline.reused_cell.*`` tags name. Each row is the cell's ``summary.json``
-    artifact, downloaded through the tracking server, so the machines that ran the cells
-    need to share nothing else with the one that compares them. Read-only."""
+    """The study's cells as ``{namespace: row}``, from the study's MLflow run (the one
+    ``attn-study`` hands the comparison's process): its FINISHED child runs (the newest of
+    a namespace, if a cell ran twice) and the runs its ``attn_pipeline.reused_cell.*`` tags
+    name. Each row is the cell's ``summary.json`` artifact, read through the tracking
+    server: the machines that ran the cells share nothing else with this one. Read-only."""
 
     def __init__(self, metadata: dict[str, Any] | None = None) -> None:
         self.metadata = metadata
 
     def load(self) -> dict[str, dict[str, Any]]:
-        study_run = mlflow.active_run()
-        if study_run is None:
+        from attn_pipeline.tracking.runs import GIVEN_RUN  # noqa: PLC0415 (settings import this)
+
+        study_run = os.environ.get(GIVEN_RUN)
+        if not study_run:
             raise DatasetError(
-                "the study's cells are read from the study's MLflow run, and none is active: "
-                "run the comparison as `attn-study` does (MLFLOW_RUN_ID=<the study's run>)"
+                "the study's cells are read from the study's MLflow run, and this process was "
+                "given none: the comparison runs through `attn-study`"
             )
         client = mlflow.MlflowClient()
-        run = client.get_run(study_run.info.run_id)
+        run = client.get_run(study_run)
         children = client.search_runs(
             [run.info.experiment_id],
             f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'",
@@ -67,4 +70,4 @@ class MlflowStudyCellsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
         return True  # what is there is known only when read (``load`` says what is missing)
 
     def _describe(self) -> dict[str, Any]:
-        return {"source": "the active MLflow run's cells"}
+        return {"source": "the study run's cells"}

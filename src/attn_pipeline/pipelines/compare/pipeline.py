@@ -1,5 +1,6 @@
-"""compare: the study. For every entry and seed in ``study``, a namespaced copy of
-train -> evaluate -> generate on the same data split, then one comparison table."""
+"""The study: for every entry and seed in ``study``, a namespaced copy of train -> evaluate
+-> generate on the same data split (a cell, summarised in its ``summary``); then the
+comparison of the cells' summaries, read from the tracking server."""
 
 from collections.abc import Collection, Sequence
 
@@ -8,9 +9,9 @@ from kedro.pipeline import Node, Pipeline
 from attn_pipeline.pipelines import data_prep, evaluate, generate, train
 from attn_pipeline.study import cell_namespace, run_name
 
-from .nodes import compare_entries, compare_study_cells, summarise_cell
+from .nodes import compare_study_cells, summarise_cell
 
-#: What the comparison writes, whichever way its cells reach it.
+#: What the comparison writes.
 COMPARISON_OUTPUTS = [
     "study_table",
     "study_differences",
@@ -54,26 +55,13 @@ def create_pipeline(
     entries: Sequence[str], seeds: Sequence[int], steerable: Collection[str] = (), **kwargs
 ) -> Pipeline:
     runs = [_one_run(entry, seed, entry in steerable) for entry in entries for seed in seeds]
-    table = Node(
-        compare_entries,
-        inputs={
-            "baselines": "params:study.baselines",
-            **{run_name(e, s): f"{cell_namespace(e, s)}.summary" for e in entries for s in seeds},
-        },
-        outputs=COMPARISON_OUTPUTS,
-        name="compare_entries",
-    )
-    return (
-        data_prep.create_pipeline()
-        + evaluate.shared_pipeline()
-        + sum(runs, start=Pipeline([]))
-        + Pipeline([table])
-    )
+    shared = data_prep.create_pipeline() + evaluate.shared_pipeline()
+    return shared + sum(runs, start=Pipeline([]))
 
 
 def create_report_pipeline() -> Pipeline:
-    """The comparison of a study whose cells ran as separate processes, perhaps on other
-    machines (``attn-study``): the cells' rows come from the tracking server alone."""
+    """The comparison of the study's cells, which ran as separate processes, perhaps on
+    other machines (``attn-study``): their rows come from the tracking server alone."""
     return Pipeline(
         [
             Node(

@@ -16,7 +16,7 @@ from attn_pipeline.datasets import CheckpointFolders
 from attn_pipeline.fingerprints import source_fingerprint, tensor_fingerprint
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.models.checkpoint import DATASET
-from attn_pipeline.tracking import log_epoch_metrics
+from attn_pipeline.tracking.runs import log_epoch_metrics
 from attn_pipeline.training import TrainingState, fit
 
 logger = logging.getLogger(__name__)
