@@ -61,9 +61,9 @@ def kedro_node(train, val, model_config: ModelConfig, config: TrainConfig) -> fl
             }
         )
         started = time.perf_counter()
-        with mlflow.start_run():
+        with mlflow.start_run() as run:
             outputs = SequentialRunner().run(entry_template("none"), catalog)
-            log_sampler_model(outputs["sampler"].load())
+            log_sampler_model(outputs["sampler"].load(), run.info.run_id)
         return time.perf_counter() - started
 
 

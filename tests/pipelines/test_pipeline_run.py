@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -368,116 +367,6 @@ def test_bad_config_stops_the_run_before_any_node(
         _run(default_run, tracking_uri, monkeypatch, {**TINY_RUN, "train": {"batch_size": 5000}})
     assert checkpoint.read_bytes() == before  # nothing already saved is lost
     assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
-
-
-def _run_study(project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The small study of conf/local: one epoch per cell."""
-    study = {**TINY_RUN, "train": {"epochs": 1, "batch_size": 50}}
-    _run(project, tracking_uri, monkeypatch, study, pipeline="compare")
-
-
-def _assert_study_cells_are_ranked_versions(
-    client: mlflow.MlflowClient, children: list[mlflow.entities.Run]
-) -> None:
-    """The study's cells of `none` are versions of the same model as the default run's
-    (seed 0 trains the same weights as the default run here: one version, named on both
-    runs); the champion is the evaluated one with the lowest test NLL (a version trained by
-    `--pipelines train` alone has no test figures and is not ranked)."""
-    versions = client.search_model_versions("name = 'attn_pipeline.mnist.none'")
-    named = {f"{v.name}/{v.version}": v for v in versions}
-    study_none = [r for r in children if r.data.tags["entry"] == "none"]
-    assert all("test/nll_iw" in named[r.data.tags[REGISTERED_TAG]].tags for r in study_none)
-    assert len({r.data.tags[REGISTERED_TAG] for r in study_none}) == 2  # two seeds, two models
-    best = min(
-        (v for v in versions if "test/nll_iw" in v.tags), key=lambda v: float(v.tags["test/nll_iw"])
-    )
-    assert client.get_model_version_by_alias("attn_pipeline.mnist.none", "champion").version == (
-        best.version
-    )
-
-
-def test_compare_study_makes_one_run_per_variant_and_seed_and_a_table(
-    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _run_study(default_run, tracking_uri, monkeypatch)
-    client = mlflow.MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
-    study_parent = next(r for r in runs if r.data.tags.get("mlflow.runName") == "compare")
-    children = [
-        r for r in runs if r.data.tags.get("mlflow.parentRunId") == study_parent.info.run_id
-    ]
-    assert sorted(r.info.run_name for r in children) == [
-        "study.none_seed0",
-        "study.none_seed1",
-        "study.spatial_gate_seed0",
-        "study.spatial_gate_seed1",
-    ]
-    assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
-        ("none", "0"),
-        ("none", "1"),
-        ("spatial_gate", "0"),
-        ("spatial_gate", "1"),
-    }
-    _assert_study_cells_are_ranked_versions(client, children)
-    # the study reuses the extractor the default run stored: one hash for every figure
-    stored = json.loads((default_run / "data/06_models/feature_extractor/mnist.json").read_text())
-    assert {r.data.tags["feature_extractor_hash"] for r in children} == {stored["hash"]}
-    shared = set.intersection(*(set(r.data.metrics) for r in children))
-    assert {"test/neg_elbo", "test/mse", "val/loss"} <= shared
-    # the steering benchmark: for the variant with a map, and nothing (not zeros) for none
-    for run in children:
-        steer = {name for name in run.data.metrics if name.startswith("test/steer_")}
-        has_map = run.data.tags["variant"] == "spatial_gate"
-        assert ("test/steer_suppression_ink_share" in steer) == has_map
-        assert has_map or not steer
-    parent_artifacts = {a.path for a in client.list_artifacts(study_parent.info.run_id)}
-    assert {
-        "comparison.csv",
-        "differences.csv",
-        "comparison.md",
-        "comparison.png",
-        "runs.csv",
-    } <= parent_artifacts
-    table = pd.read_csv(default_run / "data/08_reporting/mnist/study/comparison.csv")
-    assert list(table["entry"]) == ["none", "spatial_gate"]
-    assert {r.data.tags["entry"] for r in children} == {"none", "spatial_gate"}
-    assert table["steer_suppression_ink_share_mean"].isna().tolist() == [True, False]
-    assert list(table["seeds"]) == [2, 2]
-    differences = pd.read_csv(default_run / "data/08_reporting/mnist/study/differences.csv")
-    assert list(differences["baseline"].unique()) == ["none"]
-    assert list(differences["entry"].unique()) == ["spatial_gate"]
-    markdown = (default_run / "data/08_reporting/mnist/study/comparison.md").read_text()
-    assert "| spatial_gate | 2 |" in markdown
-    # the steering and moving tables have its row; none has no row in either
-    assert markdown.count("| spatial_gate | 2 |") == 4
-    assert markdown.count("| none | 2 |") == 2
-    reports = default_run / "data" / "08_reporting" / "mnist"
-    assert (reports / "study.spatial_gate_seed0" / "steering.png").is_file()
-    assert (reports / "study.none_seed1" / "attention_maps.png").is_file()
-    assert not (reports / "study.none_seed1" / "steering.png").exists()
-    # each run's image grids in its own folder, not parsed as variant "study"
-    for image in ("samples", "reconstructions", "interpolations"):
-        assert (reports / "study.none_seed1" / f"{image}.png").is_file()
-    assert not list((reports / "study").glob("*seed*"))
-
-    # the same study again: every cell is complete, so nothing is trained or evaluated again
-    data = default_run / "data"
-    saved = {
-        path: path.stat().st_mtime_ns
-        for pattern in (
-            "06_models/mnist/study.*/training/*/*.pt",
-            "07_model_output/mnist/study.*/*/*",
-        )
-        for path in data.glob(pattern)
-    }
-    assert len([p for p in saved if p.name == "resume.pt"]) == 4
-    assert len([p for p in saved if p.suffix == ".json"]) == 4
-    before = (default_run / "data/08_reporting/mnist/study/comparison.csv").read_text()
-    _run_study(default_run, tracking_uri, monkeypatch)
-    assert {path: path.stat().st_mtime_ns for path in saved} == saved
-    after = (default_run / "data/08_reporting/mnist/study/comparison.csv").read_text()
-    assert after == before
 
 
 def test_an_environment_switches_the_data_set(

@@ -41,17 +41,18 @@ REGISTERED_ROUND_TRIP = """
 import json, sys, mlflow, torch
 from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import ImageSampler, build_vae
-from attn_pipeline.tracking.registry import log_sampler_model, register
+from contextlib import nullcontext
+from attn_pipeline.tracking.registry import register
 from attn_pipeline.steer import load_registered_model
 from attn_pipeline.steer.app import ModelError
 mlflow.set_tracking_uri(sys.argv[1])
 config = ModelConfig.model_validate_json(sys.argv[2])
 torch.manual_seed(0)
 model = build_vae(config, tuple(json.loads(sys.argv[3]))).eval()
-with mlflow.start_run():
+with mlflow.start_run() as run:
     mlflow.log_params({f"model.{k}": v for k, v in config.model_dump().items()})
-    uri = log_sampler_model(ImageSampler(model.generator, latent_dim=model.latent_dim))
-    register(uri.model_uri, "toy.where", tags={"weights_hash": "x"}, description="toy")
+    sampler = ImageSampler(model.generator, latent_dim=model.latent_dim)
+    register(sampler, run.info.run_id, "toy.where", {"entry": "toy"}, "toy", nullcontext)
 mlflow.MlflowClient().set_registered_model_alias("toy.where", "champion", "1")
 for reference in ("models:/toy.where/1", "models:/toy.where@champion"):
     loaded = load_registered_model(reference)

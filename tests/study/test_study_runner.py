@@ -6,6 +6,7 @@ SIGKILL, and two `dask worker`s in separate project folders (two machines sharin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -26,9 +27,9 @@ import pytest
 import yaml
 
 from attn_pipeline.config import StudyConfig
-from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock, output_groups
 from attn_pipeline.study import CELL_KEY_TAG, study_cells
 from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers
+from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock, output_groups
 from tests.conftest import PROJECT_ROOT, TINY_RUN, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
@@ -216,7 +217,7 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
         in (logs / "study.spatial_gate_seed0.log").read_text()
     )
     assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
-    (failed,) = _runs(uri, "attributes.run_name = 'compare'")
+    (failed,) = _runs(uri, "attributes.run_name = 'study'")
     assert failed.info.status == "FAILED"
 
     out = _attn_study(project, uri)
@@ -226,7 +227,7 @@ def test_a_failed_cell_fails_the_study_and_a_rerun_finishes_it(tmp_path: Path) -
     log = (logs / "study.none_seed0.log").read_text()
     assert log.count("==== ") == 1 and "epoch 1/1" in log
     assert (project / "data/08_reporting/mnist/study/comparison.csv").is_file()
-    parents = _runs(uri, "attributes.run_name = 'compare'")
+    parents = _runs(uri, "attributes.run_name = 'study'")
     assert [r.info.status for r in parents] == ["FAILED", "FINISHED"]
     (reused,) = _runs(uri, "attributes.run_name = 'study.none_seed0'")
     assert parents[1].data.tags["attn_pipeline.reused_cell.study.none_seed0"] == reused.info.run_id
@@ -314,7 +315,7 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     (cell,) = _runs(uri, "attributes.run_name = 'study.none_seed0'")
     assert cell.info.status == "KILLED"
     _wait_gone(int(cell.data.tags["attn_pipeline.pid"]), 1)
-    (parent,) = _runs(uri, "attributes.run_name = 'compare'")
+    (parent,) = _runs(uri, "attributes.run_name = 'study'")
     assert parent.info.status == "KILLED"
 
 
@@ -323,7 +324,7 @@ def test_a_killed_study_leaves_no_cell_behind_and_its_run_is_never_finished(
 ) -> None:
     """`attn-study` SIGKILLed while a cell trains: its Dask workers go with it and stop
     their cells (a cell process asks for SIGTERM when its worker dies), whose runs end
-    KILLED; the study's run `compare` is never FINISHED without a comparison: it stays
+    KILLED; the study's run `study` is never FINISHED without a comparison: it stays
     RUNNING until the next run against the store marks it KILLED."""
     project, uri, study = _study_with_a_training_cell(tmp_path, 500, subprocess.DEVNULL)
     study.kill()
@@ -332,7 +333,7 @@ def test_a_killed_study_leaves_no_cell_behind_and_its_run_is_never_finished(
     _wait_gone(int(cell.data.tags["attn_pipeline.pid"]))
     (cell,) = _runs(uri, "attributes.run_name = 'study.none_seed0'")
     assert cell.info.status == "KILLED"
-    (parent,) = _runs(uri, "attributes.run_name = 'compare'")
+    (parent,) = _runs(uri, "attributes.run_name = 'study'")
     assert parent.info.status == "RUNNING"
     assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
     quick = subprocess.run(
@@ -345,22 +346,55 @@ def test_a_killed_study_leaves_no_cell_behind_and_its_run_is_never_finished(
         check=False,
     )
     assert quick.returncode == 0, quick.stderr[-3000:]
-    (parent,) = _runs(uri, "attributes.run_name = 'compare'")
+    (parent,) = _runs(uri, "attributes.run_name = 'study'")
     assert parent.info.status == "KILLED"
+
+
+def _cell_processes(project: Path) -> set[str]:
+    """The namespaces of the cell processes running in ``project``."""
+    found = set()
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["cwd"] == str(project) and "--namespaces" in cmdline:
+            found.add(cmdline[cmdline.index("--namespaces") + 1])
+    return found
 
 
 def test_a_study_of_concurrent_cells_against_a_tracking_server(
     tmp_path: Path, tracking_server: str
 ) -> None:
+    """The cells run at once against a real `mlflow server`; watched throughout, no cell's
+    run reads FINISHED while its process is still there."""
     project = _tiny_project(tmp_path)
-    out = _attn_study(project, tracking_server)
+    command = [str(Path(sys.executable).with_name("attn-study")), "--dashboard", "none"]
+    study = subprocess.Popen(
+        command,
+        cwd=project,
+        env={**ENV, "MLFLOW_TRACKING_URI": tracking_server},
+        stderr=(tmp_path / "attn-study.log").open("w"),
+    )
+    seen_finished: set[str] = set()
+    while study.poll() is None:
+        alive = set(_cell_processes(project))
+        with contextlib.suppress(Exception):  # the experiment may not exist yet
+            for run in _runs(tracking_server, "attributes.status = 'FINISHED'"):
+                assert run.info.run_name not in alive, (
+                    f"{run.info.run_name} FINISHED, still running"
+                )
+                seen_finished.add(run.info.run_name)
+        time.sleep(0.1)
+    said = (tmp_path / "attn-study.log").read_text()
+    out = subprocess.CompletedProcess(command, study.returncode, "", said)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert {"study.none_seed0", "study.spatial_gate_seed0"} <= seen_finished | {
+        r.info.run_name for r in _runs(tracking_server, "attributes.status = 'FINISHED'")
+    }
     assert "2 cells, 0 finished before (reused), 2 to run" in out.stderr
     assert "2 at a time with 1 thread(s) each" in out.stderr
 
     runs = _runs(tracking_server)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert [(r.info.run_name, r.info.status) for r in parents] == [("compare", "FINISHED")]
+    assert [(r.info.run_name, r.info.status) for r in parents] == [("study", "FINISHED")]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.info.run_name for r in children) == [
@@ -489,7 +523,7 @@ def test_a_study_on_two_machines_sharing_only_the_tracking_server(
 
         runs = _runs(tracking_server)
         (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        assert (parent.info.run_name, parent.info.status) == ("compare", "FINISHED")
+        assert (parent.info.run_name, parent.info.status) == ("study", "FINISHED")
         cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         finished = {r.info.run_name: r for r in cells if r.info.status == "FINISHED"}
         assert sorted(finished) == [
@@ -542,5 +576,5 @@ def _resume_starts_no_cell(
     assert "4 cells, 4 finished before (reused), 0 to run" in again.stderr
     assert "Dask scheduler" not in again.stderr  # no cell was submitted
     assert logs == {p: p.read_text() for p in logs}  # no worker started a kedro run
-    parents = _runs(tracking_server, "attributes.run_name = 'compare'")
+    parents = _runs(tracking_server, "attributes.run_name = 'study'")
     assert [r.info.status for r in parents] == ["FINISHED", "FINISHED"]

@@ -192,8 +192,12 @@ class TrackingHook:
         self._given = self._parent = os.environ.get(GIVEN_RUN) or None
         client = mlflow.MlflowClient()
         if self._given:  # a study cell's process: its namespace logs into the given run
-            self._experiment = client.get_run(self._given).info.experiment_id
+            given = client.get_run(self._given).info
+            self._experiment = given.experiment_id
             self._runs = dict.fromkeys(self._remaining, self._given)
+            for key, value in owner_tags().items():  # the process that logs into it owns it
+                client.set_tag(self._given, key, value)
+            logger.info("MLflow run '%s' (%s) given", given.run_name, self._given)
         elif (parent := mlflow.active_run()) is not None:
             self._parent, self._experiment = parent.info.run_id, parent.info.experiment_id
             runner = runner_name(str(run_params.get("runner")))
