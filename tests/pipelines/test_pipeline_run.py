@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -367,6 +368,17 @@ def test_bad_config_stops_the_run_before_any_node(
         _run(default_run, tracking_uri, monkeypatch, {**TINY_RUN, "train": {"batch_size": 5000}})
     assert checkpoint.read_bytes() == before  # nothing already saved is lost
     assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
+
+
+def test_a_study_cell_outside_attn_study_and_a_missing_gpu_are_refused_before_any_node(
+    project: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="the study's cells run through `attn-study`"):
+        _run(project, tracking_uri, monkeypatch, TINY_RUN, pipeline="study")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device is 'cuda' but torch sees no CUDA"):
+            _run(project, tracking_uri, monkeypatch, {**TINY_RUN, "train": {"device": "cuda"}})
+    assert mlflow.active_run() is None
 
 
 def test_an_environment_switches_the_data_set(

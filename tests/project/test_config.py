@@ -16,6 +16,7 @@ from attn_pipeline.config import (
     StudyConfig,
     TrainConfig,
 )
+from attn_pipeline.pipeline_registry import pipeline_plan
 from attn_pipeline.run_parameters import load_parameters
 from tests.conftest import PROJECT_ROOT
 
@@ -95,3 +96,14 @@ def test_the_study_lists_live_in_the_parameters_file_only() -> None:
         StudyConfig()
     study = StudyConfig.model_validate(load_parameters(PROJECT_ROOT / "conf")["study"])
     assert study.baselines[0] in study.entries and len(study.seeds) > 1
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_value_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=value)
+
+
+def test_entries_that_are_not_a_list_are_refused() -> None:
+    with pytest.raises(ValueError, match="'entries' must be a list of names, got 'none'"):
+        pipeline_plan({**load_parameters(), "entries": "none"})
