@@ -104,7 +104,7 @@ def _paused_after_training(tmp_path: Path, project: Path, uri: str) -> subproces
         PAUSE_BETWEEN_NODES,
         "PAUSED",
         pipelines="__default__",
-        PAUSE_AFTER="train_none",
+        PAUSE_BEFORE="evaluate_none",
     )
     _wait_for(paused, process, "the pause after training")
     return process

@@ -30,20 +30,21 @@ from tests.study.test_study_runner import ENV, _cell_processes, _tiny_project
 #: What an entry's run holds once all of its nodes have run.
 COMPLETE_ARTIFACTS = {"samples.png", "reconstructions.png", "training_history.csv"}
 
-#: Imported first by a process's interpreter (as sitecustomize): after the node named by
-#: PAUSE_AFTER, leave the file PAUSED and wait, so that a signal lands between two nodes.
+#: Imported first by a process's interpreter (as sitecustomize): before the node named by
+#: PAUSE_BEFORE (all the earlier nodes' outputs saved), leave the file PAUSED and wait, so
+#: that a signal lands between two nodes.
 PAUSE_BETWEEN_NODES = """
 import functools, os, pathlib, time
 from attn_pipeline.tracking import runs
-_after = runs.TrackingHook.after_node_run
-@functools.wraps(_after)
+_before = runs.TrackingHook.before_node_run
+@functools.wraps(_before)
 def _paused(self, node):
-    _after(self, node)
     flag = pathlib.Path(os.environ["PAUSED"])
-    if node.name.endswith(os.environ["PAUSE_AFTER"]) and not flag.exists():
+    if node.name.endswith(os.environ["PAUSE_BEFORE"]) and not flag.exists():
         flag.touch()
         time.sleep(300)
-runs.TrackingHook.after_node_run = _paused
+    _before(self, node)
+runs.TrackingHook.before_node_run = _paused
 """
 
 
@@ -64,10 +65,11 @@ def _entry_runs(uri: str) -> list[mlflow.entities.Run]:
 def test_a_run_interrupted_between_any_two_nodes_is_finished_only_where_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C after each node in turn of a one-entry `kedro run` (in process, from the
-    hook): at that moment no entry run reads FINISHED unless it holds all it owns, and
-    once the runs are ended as an interrupt ends them, each is FINISHED exactly when
-    complete, else KILLED. The reruns resume the saved epochs and evaluations."""
+    """Ctrl-C before each node in turn of a one-entry `kedro run`, once the earlier nodes'
+    outputs are saved (in process, from the hook): at that moment no entry run reads
+    FINISHED unless it holds all it owns, and once the runs are ended as an interrupt
+    ends them, each is FINISHED exactly when complete, else KILLED. The reruns resume the
+    saved epochs and evaluations."""
     project = project_copy(tmp_path / "project")
     (project / "conf/local/parameters.yml").write_text("entries: [none]\n")
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
@@ -76,7 +78,7 @@ def test_a_run_interrupted_between_any_two_nodes_is_finished_only_where_complete
     bootstrap_project(project)
     client = mlflow.MlflowClient(uri)
     tracking = next(h for h in settings.HOOKS if isinstance(h, runs.TrackingHook))
-    original = runs.TrackingHook.after_node_run
+    original = runs.TrackingHook.before_node_run
     seen: list[str] = []
 
     def run_interrupted_after(count: int) -> bool:
@@ -85,15 +87,15 @@ def test_a_run_interrupted_between_any_two_nodes_is_finished_only_where_complete
 
         @functools.wraps(original)
         def interrupting(self, node):
-            original(self, node)
-            done.append(node.name)
             if len(done) == count:
                 for run in _entry_runs(uri):
                     if run.info.status == "FINISHED":
                         assert _complete(client, run), (count, node.name, run.info.run_name)
                 raise KeyboardInterrupt
+            done.append(node.name)
+            original(self, node)
 
-        monkeypatch.setattr(runs.TrackingHook, "after_node_run", interrupting)
+        monkeypatch.setattr(runs.TrackingHook, "before_node_run", interrupting)
         try:
             with KedroSession.create(project_path=project, runtime_params=TINY_RUN) as session:
                 session.run()
@@ -158,7 +160,7 @@ def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(PAUSE_BETWEEN_NODES)
     paused = tmp_path / "paused"
-    env = {**ENV, "MLFLOW_TRACKING_URI": uri, "PAUSE_AFTER": "train_none_seed0"}
+    env = {**ENV, "MLFLOW_TRACKING_URI": uri, "PAUSE_BEFORE": "evaluate_none_seed0"}
     env |= {"PAUSED": str(paused), "PYTHONPATH": str(hooks)}
     command = [str(Path(sys.executable).with_name("attn-study")), "--dashboard", "none"]
     study = subprocess.Popen(command, cwd=project, env=env, stderr=subprocess.DEVNULL)

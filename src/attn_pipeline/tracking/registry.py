@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
+from unittest import mock
 
 import mlflow
 import torch
@@ -37,16 +38,12 @@ def registered_model_name(dataset: str, entry: str) -> str:
 def describe_model(dataset: str, entry: str, variant: str) -> str:
     """The registered model's description, shown on its page in the MLflow UI."""
     return (
-        f"The generator of attn_pipeline's entry `{entry}` (architecture `{variant}`), "
-        f"trained on {dataset}: latent codes z (n, latent_dim), float32, drawn from N(0, I), "
-        "in; images (n, 1, height, width) of pixel probabilities in [0, 1] out. Each version "
-        "is one training run (the run that logged it is linked). Version tags: `entry`, "
-        "`variant`, `seed`; `weights_hash` (the same weights are one version); "
-        "`test/<metric>`, the run's test figures, with what measured them (`fid_n_samples`, "
-        "`nll_iw_k`, `nll_iw_n_images`, `feature_extractor_hash`). The alias "
-        f"`{CHAMPION}` names the version with the best `registry.champion_metric` among "
-        "versions measured alike. Load: mlflow.pytorch.load_model('models:/<name>@champion'); "
-        "no project code is needed."
+        f"The generator of attn_pipeline's entry `{entry}` (architecture `{variant}`) trained "
+        f"on {dataset}: latent codes z (n, latent_dim), float32, from N(0, I), in; images (n, 1, "
+        "height, width) of pixel probabilities out. A version per weights (tag `weights_hash`), "
+        "linked to the run that trained it and tagged with its test figures (`test/<metric>`) "
+        "and what measured them; `champion` names the best by `registry.champion_metric` among "
+        "versions measured alike. Load: mlflow.pytorch.load_model('models:/<name>@champion')."
     )
 
 
@@ -65,26 +62,19 @@ def log_sampler_model(sampler: torch.nn.Module, run_id: str) -> str:
     sampler = sampler.cpu()
     example = torch.randn(2, sampler.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        output = sampler(example)
+        signature = infer_signature(example.numpy(), sampler(example).numpy())
     # MLflow checks the example by loading the model back, on CUDA where torch sees a GPU,
     # and a graph exported with CPU weights cannot load there
-    previous = os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE")
-    os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = "cpu"
-    try:
+    with mock.patch.dict(os.environ, {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}):
         return mlflow.pytorch.log_model(
             sampler,
             name="model",
             run_id=run_id,
             input_example=example.numpy(),
-            signature=infer_signature(example.numpy(), output.numpy()),
+            signature=signature,
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         ).model_uri
-    finally:
-        if previous is None:
-            del os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"]
-        else:
-            os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = previous
 
 
 def register(
@@ -114,9 +104,8 @@ def register(
 
 
 def tag_version(version: ModelVersion, tags: dict[str, object]) -> None:
-    client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(version.name, version.version, key, str(value))
+        mlflow.MlflowClient().set_model_version_tag(version.name, version.version, key, str(value))
 
 
 def update_champion(version: ModelVersion, metric_name: str) -> str | None:

@@ -1,21 +1,18 @@
-"""Each entry's MLflow run, and each study cell's: opened once, ended once.
+"""Each entry's MLflow run, and each study cell's: made once, ended once.
 
-kedro-mlflow opens one run per ``kedro run`` (the parent) and keeps it active. Each
-namespace of the pipeline (an entry) gets a child run, made with ``MlflowClient`` and logged
-by its id, so the active run never switches and no run is ended between nodes: a
-namespace's run ends FINISHED after the last of its nodes in this ``kedro run`` has saved
-what it owns, KILLED on SIGINT or SIGTERM, FAILED on an error. Runs that a SIGKILLed
-process left RUNNING are marked KILLED by the next ``kedro run``.
+kedro-mlflow opens one run per ``kedro run`` (the parent) and keeps it active. Each pipeline
+namespace (an entry) gets a child run, made with ``MlflowClient`` on its first node and
+logged by its id: the active run never switches, so nothing is ended between nodes. A
+child run ends FINISHED once the last of its nodes in this ``kedro run`` has saved what it
+owns, KILLED on SIGINT or SIGTERM, FAILED on an error; runs a SIGKILLed process left
+RUNNING are marked KILLED by the next ``kedro run``. ``attn-study`` makes its runs itself
+and hands each ``kedro run`` the one to log into (:data:`GIVEN_RUN`), which that process
+ends KILLED or FAILED if it stops early and otherwise leaves to ``attn-study`` to end.
 
-``attn-study`` owns its runs (the study's, each cell's) and starts each ``kedro run`` with
-the run to log into (:data:`GIVEN_RUN`): such a process ends that run KILLED or FAILED if
-it stops early, and otherwise leaves it RUNNING, for ``attn-study`` to end once the
-process has exited and its outputs are on the tracking server.
-
-Nodes know nothing of MLflow: what a run receives is a catalog dataset's metadata,
-``mlflow: artifact`` (the saved file), ``metrics``, ``params`` (flattened), ``tags`` or
-``model`` (registered). A namespaced dataset goes to its namespace's run, any other to the
-parent. Per-epoch curves are logged while training runs (:func:`log_epoch_metrics`).
+What a run receives is the catalog's word: a dataset's metadata ``mlflow: artifact`` (the
+saved file), ``metrics``, ``params`` (flattened), ``tags`` or ``model`` (registered). A
+namespaced dataset goes to its namespace's run, any other to the parent. Nodes know nothing
+of MLflow but the per-epoch curves, logged while training runs (:func:`log_epoch_metrics`).
 """
 
 from __future__ import annotations
@@ -52,23 +49,19 @@ from attn_pipeline.tracking.store import prepare_tracking_store, store_lock
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "mlflow"
 KINDS = ("artifact", "metrics", "params", "tags", "model")
 #: The run a driver (attn-study) hands a ``kedro run`` to log into, and ends itself.
 GIVEN_RUN = "ATTN_PIPELINE_RUN_ID"
-#: The process owning a run: a later run tells one left RUNNING by a dead process.
+#: The process that logs into a run: a later run tells one a dead process left RUNNING.
 PID_TAG, HOST_TAG = "attn_pipeline.pid", "attn_pipeline.host"
 #: MLflow 3's experiment type: the UI opens a model-training experiment on its runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-#: The run of the node under way, for the curves it logs while it runs.
 _node_run: ContextVar[str | None] = ContextVar("node_run", default=None)
 
 
 def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
     """Log one epoch's metrics to the run of the node under way, if it has one."""
-    run_id = _node_run.get()
-    if run_id is not None:
+    if (run_id := _node_run.get()) is not None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         mlflow.MlflowClient().log_batch(run_id, metrics=batch)
@@ -80,14 +73,11 @@ def owner_tags() -> dict[str, str]:
 
 def mark_orphaned_runs_killed(experiment_id: str) -> list[str]:
     """Mark KILLED this project's runs left RUNNING on this host by a process that is gone
-    (SIGKILL, a crash); runs without the owner tags, or whose process runs, are left."""
-    client = mlflow.MlflowClient()
-    running = client.search_runs(
-        [experiment_id],
-        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'",
-    )
+    (SIGKILL, a crash); runs without owner tags, or whose process runs, are left alone."""
+    client, host = mlflow.MlflowClient(), socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
     ended = []
-    for run in running:
+    for run in client.search_runs([experiment_id], query):
         pid = run.data.tags.get(PID_TAG, "")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             client.set_terminated(run.info.run_id, "KILLED")
@@ -106,15 +96,12 @@ def parent_run_name(run_params: dict[str, Any]) -> str:
 
 def runner_name(described: str) -> str:
     """The runner's class from Kedro's record of it (an object's repr, or ``None``)."""
-    if described == "None":
-        return "SequentialRunner"
     match = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", described)
-    return match.group(1) if match else described
+    return "SequentialRunner" if described == "None" else match[1] if match else described
 
 
 def entry_tags(run_params: dict[str, Any], namespace: str) -> dict[str, str]:
-    """What a run's ``params`` output says of it, as tags: ``entry``, ``variant``, ``seed``
-    and ``precision``."""
+    """What an entry's ``params`` output says of it, as tags."""
     return {
         "entry": str(run_params.get("entry", namespace)),
         "variant": str(run_params.get("model", {}).get("variant", namespace)),
@@ -123,53 +110,36 @@ def entry_tags(run_params: dict[str, Any], namespace: str) -> dict[str, str]:
     }
 
 
-def flat(params: dict[str, Any]) -> dict[str, Any]:
-    """``{"model": {"latent_dim": 20}} -> {"model.latent_dim": 20}``."""
-    return pd.json_normalize(params, sep=".").iloc[0].to_dict() if params else {}
-
-
-def _git_commit(path: Path) -> str | None:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=False
-    )
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 class FlatParamsMlflowHook(MlflowHook):
-    """kedro-mlflow's hook (settings.py registers it in place of the plugin's), handed the
-    typed parameters as plain values, which it flattens (``train.epochs = 8``)."""
+    """kedro-mlflow's hook (in place of the plugin's, settings.py), handed the typed
+    parameters as plain values, which it flattens (``train.epochs = 8``)."""
 
     @hook_impl
-    def before_node_run(self, node: Node, catalog: CatalogProtocol, inputs: dict, is_async: bool):
-        plain = {
+    def before_node_run(self, node: Node, catalog: Any, inputs: dict, is_async: bool) -> None:
+        dump = {
             k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
             for k, v in inputs.items()
         }
-        super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
+        super().before_node_run(node=node, catalog=catalog, inputs=dump, is_async=is_async)
 
 
 class TrackingHook:
-    """The runs of one ``kedro run``: its namespaces', what the catalog logs to them, the
-    registry, and how they end (see the module)."""
+    """The runs of one ``kedro run`` below its parent: made, logged, registered, ended."""
 
     def __init__(self) -> None:
-        self._catalog: CatalogProtocol | None = None
         self._parent: str | None = None  # where non-namespaced outputs go
-        self._given: str | None = None  # a driver's run, ended here only if stopped early
+        self._given: str | None = None  # a driver's run: ended here only if stopped early
         self._runs: dict[str, str] = {}  # namespace -> run id
         self._open: set[str] = set()  # runs made here and not yet ended
-        self._remaining: Counter[str] = Counter()  # namespace -> nodes still to run
-        self._models: dict[str, Any] = {}  # namespace -> generator, until its entry is known
-        self._entries: dict[str, dict[str, str]] = {}  # namespace -> entry tags
-        self._versions: dict[str, Any] = {}  # namespace -> registered version
+        self._remaining: Counter[str] = Counter()  # namespace -> its nodes still to run
+        self._saved: dict[str, dict[str, Any]] = {}  # namespace -> model, entry, version
         self._handlers: dict[int, Any] = {}
         self._interrupted = 0
-        # before MLflow's exit handler (registered at its import), which would end the runs
-        # an interrupt left open FINISHED: exit handlers run last-registered first
+        # exit handlers run last-registered first: this one before MLflow's, which would end
+        # the runs an interrupt left open FINISHED
         atexit.register(self._exit_if_interrupted)
 
-    # tryfirst: the store is created under a lock before kedro-mlflow opens it
-    @hook_impl(tryfirst=True)
+    @hook_impl(tryfirst=True)  # the store is made under a lock before kedro-mlflow opens it
     def after_context_created(self, context) -> None:
         self._project = Path(context.project_path)
         self._uri = str(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"] or "")
@@ -177,17 +147,15 @@ class TrackingHook:
             prepare_tracking_store(self._uri, self._project)
         params = run_parameters()
         self._dataset = str(params.get("dataset", ""))
-        self._registry = RegistryConfig.model_validate(params.get("registry", {}))
+        self._champion = RegistryConfig.model_validate(params.get("registry", {})).champion_metric
 
     @hook_impl
     def after_catalog_created(self, catalog: CatalogProtocol) -> None:
         self._catalog = catalog
 
-    # trylast: after kedro-mlflow has opened the parent run
-    @hook_impl(trylast=True)
+    @hook_impl(trylast=True)  # after kedro-mlflow has opened the parent run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
-        self._runs.clear()
-        self._open.clear()
+        self._runs, self._open, self._saved, self._unsaved = {}, set(), {}, set()
         self._remaining = Counter(node.namespace for node in pipeline.nodes if node.namespace)
         self._given = self._parent = os.environ.get(GIVEN_RUN) or None
         client = mlflow.MlflowClient()
@@ -195,28 +163,41 @@ class TrackingHook:
             given = client.get_run(self._given).info
             self._experiment = given.experiment_id
             self._runs = dict.fromkeys(self._remaining, self._given)
-            for key, value in owner_tags().items():  # the process that logs into it owns it
+            for key, value in owner_tags().items():
                 client.set_tag(self._given, key, value)
             logger.info("MLflow run '%s' (%s) given", given.run_name, self._given)
         elif (parent := mlflow.active_run()) is not None:
             self._parent, self._experiment = parent.info.run_id, parent.info.experiment_id
             runner = runner_name(str(run_params.get("runner")))
-            name = parent_run_name(run_params)
-            mlflow.set_tags({**owner_tags(), "runner": runner, "mlflow.runName": name})
+            mlflow.set_tags(
+                {**owner_tags(), "runner": runner, "mlflow.runName": parent_run_name(run_params)}
+            )
             if EXPERIMENT_KIND[0] not in client.get_experiment(self._experiment).tags:
                 client.set_experiment_tag(self._experiment, *EXPERIMENT_KIND)
             mark_orphaned_runs_killed(self._experiment)
         self._install_signal_handlers()
 
     def _run_of(self, namespace: str | None) -> str | None:
-        """The run a node's outputs go to, made on the namespace's first node."""
+        """The run a node's outputs go to; a namespace's is made on its first node."""
         if self._parent is None or namespace is None or namespace in self._runs:
             return self._parent and self._runs.get(namespace, self._parent)
-        tags = {"mlflow.parentRunId": self._parent, "namespace": namespace}
-        tags |= {"dataset": self._dataset, **owner_tags()}
-        if commit := _git_commit(self._project):
-            tags["mlflow.source.git.commit"] = commit
-        run = mlflow.MlflowClient().create_run(self._experiment, run_name=namespace, tags=tags)
+        tags = {
+            "mlflow.parentRunId": self._parent,
+            "namespace": namespace,
+            "dataset": self._dataset,
+        }
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=self._project,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if git.returncode == 0:
+            tags["mlflow.source.git.commit"] = git.stdout.strip()
+        run = mlflow.MlflowClient().create_run(
+            self._experiment, run_name=namespace, tags=tags | owner_tags()
+        )
         self._runs[namespace] = run.info.run_id
         self._open.add(run.info.run_id)
         logger.info("MLflow run '%s' (%s) opened", namespace, run.info.run_id)
@@ -228,12 +209,16 @@ class TrackingHook:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Node) -> None:
-        kind = (getattr(self._catalog.get(dataset_name), "metadata", None) or {}).get(METADATA_KEY)
+        kind = (getattr(self._catalog.get(dataset_name), "metadata", None) or {}).get("mlflow")
         run_id = self._run_of(node.namespace)
-        if kind is None or run_id is None:
-            return
+        if kind is not None and run_id is not None:
+            self._log(kind, dataset_name, data, node.namespace, run_id)
+        if node.namespace:
+            self._saved_last(node, dataset_name)
+
+    def _log(self, kind: str, dataset_name: str, data: Any, namespace: str | None, run_id: str):
         if kind not in KINDS:
-            raise ValueError(f"catalog entry {dataset_name}: {METADATA_KEY} must be one of {KINDS}")
+            raise ValueError(f"catalog entry {dataset_name}: mlflow must be one of {KINDS}")
         client, now = mlflow.MlflowClient(), int(time.time() * 1000)
         if kind == "artifact":
             path = self._catalog.config_resolver.resolve_pattern(dataset_name)["filepath"]
@@ -241,59 +226,61 @@ class TrackingHook:
         elif kind == "metrics":
             client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in data.items()])
         elif kind == "params":
-            params = [Param(k, str(v)[:6000]) for k, v in flat(data).items()]
-            tags = [RunTag(k, v) for k, v in entry_tags(data, node.namespace).items()]
-            client.log_batch(run_id, params=params, tags=tags)
+            flat = pd.json_normalize(data, sep=".").iloc[0].to_dict()
+            tags = [RunTag(k, v) for k, v in entry_tags(data, namespace).items()]
+            client.log_batch(
+                run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()], tags=tags
+            )
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in data.items()])
-        self._register(kind, node.namespace, data, run_id)
+        if namespace is not None:
+            self._register(kind, namespace, self._saved.setdefault(namespace, {}), data, run_id)
 
-    def _register(self, kind: str, namespace: str | None, data: Any, run_id: str) -> None:
+    def _register(self, kind: str, namespace: str, saved: dict, data: Any, run_id: str) -> None:
         """Register a namespace's generator once it and its entry are saved (in either
         order); tag the version with the test figures; move ``champion`` once all are in."""
-        if namespace is None:
-            return
         if kind == "model":
-            self._models[namespace] = data
+            saved["model"] = data
         elif kind == "params":
-            self._entries[namespace] = entry_tags(data, namespace)
-        elif kind in ("metrics", "tags") and namespace in self._versions:
-            registry.tag_version(self._versions[namespace], data)
-            if kind == "tags":  # the evaluation's description: the figures are all in
-                registry.update_champion(self._versions[namespace], self._registry.champion_metric)
-        if namespace in self._models and namespace in self._entries:
-            entry = self._entries[namespace]
-            version = registry.register(
-                self._models.pop(namespace),
-                run_id,
-                registry.registered_model_name(self._dataset, entry["entry"]),
-                entry,
-                registry.describe_model(self._dataset, entry["entry"], entry["variant"]),
-                partial(store_lock, self._uri, self._project),
-            )
+            saved["entry"] = entry_tags(data, namespace)
+        elif kind in ("metrics", "tags") and "version" in saved:
+            registry.tag_version(saved["version"], data)
+            if kind == "tags":  # the evaluation's description: its figures are all in
+                registry.update_champion(saved["version"], self._champion)
+        if "model" in saved and "entry" in saved:
+            entry = saved["entry"]
+            name = registry.registered_model_name(self._dataset, entry["entry"])
+            description = registry.describe_model(self._dataset, entry["entry"], entry["variant"])
+            lock = partial(store_lock, self._uri, self._project)
+            version = registry.register(saved.pop("model"), run_id, name, entry, description, lock)
             mlflow.MlflowClient().set_tag(
-                run_id, registry.REGISTERED_TAG, f"{version.name}/{version.version}"
+                run_id, registry.REGISTERED_TAG, f"{name}/{version.version}"
             )
-            self._versions[namespace] = version
+            saved["version"] = version
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
+        """Kedro saves a node's outputs after this hook: a namespace's last node ends its
+        run once they are all saved (:meth:`_saved_last`)."""
         _node_run.set(None)
         if node.namespace:
             self._remaining[node.namespace] -= 1
-            run_id = self._runs.get(node.namespace)
-            if self._remaining[node.namespace] == 0 and run_id in self._open:
-                mlflow.MlflowClient().set_terminated(run_id, "FINISHED")
-                self._open.discard(run_id)
+            if self._remaining[node.namespace] == 0:
+                self._unsaved = set(node.outputs)
+                self._saved_last(node, None)
+
+    def _saved_last(self, node: Node, dataset_name: str | None) -> None:
+        self._unsaved.discard(dataset_name)
+        run_id = self._runs.get(node.namespace)
+        if not self._unsaved and self._remaining[node.namespace] == 0 and run_id in self._open:
+            mlflow.MlflowClient().set_terminated(run_id, "FINISHED")
+            self._open.discard(run_id)
 
     def end_runs(self, status: str) -> None:
-        """End the runs this process has open, its namespaces' and a given run, ``status``
-        (KILLED or FAILED; the parent is kedro-mlflow's)."""
-        client = mlflow.MlflowClient()
+        """End, ``status``, the runs this process has open: its namespaces' and a given run."""
         for run_id in sorted(self._open | ({self._given} if self._given else set())):
-            client.set_terminated(run_id, status)
-        self._open.clear()
-        self._given = None
+            mlflow.MlflowClient().set_terminated(run_id, status)
+        self._open, self._given = set(), None
 
     @hook_impl
     def on_pipeline_error(self) -> None:
@@ -305,9 +292,9 @@ class TrackingHook:
         self._restore_signal_handlers()
 
     def _install_signal_handlers(self) -> None:
-        """SIGINT or SIGTERM stop the run as Ctrl-C does; its runs end KILLED on the way out
-        (not in the handler: it may interrupt a write to the store, whose transaction the
-        unwinding rolls back first)."""
+        """SIGINT or SIGTERM stop the run as Ctrl-C does, and its runs end KILLED on the way
+        out: not in the handler, which may interrupt a write to the store whose transaction
+        the unwinding rolls back first."""
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -327,15 +314,13 @@ class TrackingHook:
         self._handlers.clear()
 
     def _exit_if_interrupted(self) -> None:
-        """At exit after a signal: end the runs KILLED, then exit 128 + the signal's number,
-        as a shell reports a process a signal ended (click would exit 1), before MLflow's
-        own exit handler can mark them FINISHED."""
-        if not self._interrupted:
-            return
-        self.end_runs("KILLED")
-        while mlflow.active_run() is not None:
-            mlflow.end_run("KILLED")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + self._interrupted)
+        """At exit after a signal: the runs end KILLED, and the process exits 128 + the
+        signal's number, as a shell reports a process a signal ended (click exits 1)."""
+        if self._interrupted:
+            self.end_runs("KILLED")
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + self._interrupted)
