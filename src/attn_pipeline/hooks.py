@@ -17,6 +17,7 @@ from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
 from attn_pipeline.config import PARAMETER_BLOCKS, ConfigError, DataPrepConfig, TrainConfig
+from attn_pipeline.models.checkpoint import DATASET, check_trained_on
 from attn_pipeline.pipeline_registry import STUDY_PIPELINE, use_run_parameters
 from attn_pipeline.pipelines import TRAIN_TAG
 from attn_pipeline.tracking.runs import GIVEN_RUN
@@ -138,12 +139,34 @@ class RunPlanCheckHook:
             env = run_params.get("env")
             option = f" --env {env}" if env and env != "local" else ""
             check_inputs_exist(pipeline, catalog, registered_pipelines, dataset, option)
+            for split in ("train", "test"):  # images and labels from one release
+                self._check_raw_pair(catalog, pipeline, split)
+            for name in sorted(pipeline.inputs()):  # models the run reads, not trains
+                if name.endswith(".checkpoint"):
+                    try:
+                        check_trained_on(catalog.load(name), {DATASET: dataset})
+                    except ValueError as error:
+                        raise ConfigError(f"{name}: {error}") from None
             if any(TRAIN_TAG in node.tags for node in pipeline.nodes):
                 self._check_training(pipeline, catalog)
         except click.ClickException:
             logger.error("run stopped before any node ran")
             raise
         self._lock.acquire(output_groups(namespaces, dataset))  # last: a refused run holds none
+
+    def _check_raw_pair(self, catalog: CatalogProtocol, pipeline: Pipeline, split: str) -> None:
+        names = (f"raw_{split}_images", f"raw_{split}_labels")
+        if not set(names) <= pipeline.inputs():
+            return
+        counts = [catalog.get(name).item_count() for name in names]
+        if counts[0] != counts[1]:
+            paths = [catalog.config_resolver.resolve_pattern(n)["filepath"] for n in names]
+            folder = Path(paths[0]).parent.name
+            raise ConfigError(
+                f"{paths[0]} has {counts[0]} images but {paths[1]} has {counts[1]} labels: the "
+                "two files come from different releases or one is damaged. Fetch them again "
+                f"with `attn-fetch-data {folder} --force`."
+            )
 
     def _check_training(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
         train = TrainConfig.model_validate(self._params.get("train", {}))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from kedro.framework.session import KedroSession
@@ -21,7 +22,7 @@ from attn_pipeline.hooks import MissingInputError
 from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.tracking.registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
-from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_raw_dataset
+from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_idx, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
@@ -301,6 +302,11 @@ def test_two_data_sets_in_one_folder_keep_their_models_and_figures_apart(
         "attributes.run_name = 'evaluate'",
     )
     assert len(mnist_runs) == 1
+    # a model copied in from the other data set's folder is refused before any node
+    models = shared / "data/06_models"
+    shutil.copy(models / "fashion_mnist/none/model.pt", models / "mnist/none/model.pt")
+    with pytest.raises(ConfigError, match="none.checkpoint: this model was trained on fashion"):
+        _run(shared, uri, monkeypatch, one_variant, pipeline="evaluate")
 
 
 def test_a_bf16_run_says_which_precision_it_used(
@@ -339,6 +345,15 @@ def test_a_missing_raw_file_names_the_fetch_command(
     with pytest.raises(MissingInputError, match=r"raw_train_labels .* run `attn-fetch-data mnist`"):
         _run(project, uri, monkeypatch, TINY_RUN, pipeline="train")
     assert mlflow.active_run() is None
+    # labels of another length (another release): both files named, and the fix
+    labels = project / "data/01_raw/mnist/train-labels-idx1-ubyte.gz"
+    write_idx(labels, np.zeros(7, dtype=np.uint8))
+    with pytest.raises(
+        ConfigError,
+        match=r"train-images.* has 240 images but .*train-labels.* has 7"
+        r" labels.*`attn-fetch-data mnist --force`",
+    ):
+        _run(project, uri, monkeypatch, TINY_RUN, pipeline="train")
 
 
 def _fresh_project(root: Path) -> Path:

@@ -39,8 +39,8 @@ def _cause(error: BaseException, folder: Path) -> str:
         full = shutil.disk_usage(folder).free < _NEARLY_FULL
     except OSError:
         full = False
-    if full:
-        return f"No space left on device ({error})"
+    if full:  # torch's own words (a C++ file and line) say nothing more to the user
+        return "No space left on device"
     return str(error) or type(error).__name__
 
 
