@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from attn_pipeline.metric_table import METRICS
 from attn_pipeline.variants import VARIANTS, variant_spec
@@ -25,20 +33,6 @@ class ConfigError(click.ClickException, ValueError):
 
     A ``ClickException``: ``kedro run`` prints its message as one line (no traceback)
     and exits 1."""
-
-
-#: The top-level parameters besides the entries (each a block with a ``model``).
-PARAMETER_BLOCKS = (
-    "dataset",
-    "entries",
-    "data_prep",
-    "feature_extractor",
-    "train",
-    "evaluate",
-    "generate",
-    "registry",
-    "study",
-)
 
 
 class _Config(BaseModel):
@@ -374,3 +368,40 @@ class StudyConfig(_Config):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"study.seeds must be distinct, got {self.seeds}")
         return self
+
+
+#: The typed blocks of the parameters, each checked before any node runs.
+TYPED_BLOCKS: dict[str, type[_Config]] = {
+    "data_prep": DataPrepConfig,
+    "feature_extractor": FeatureExtractorConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "generate": GenerateConfig,
+    "registry": RegistryConfig,
+    "study": StudyConfig,
+}
+#: The top-level parameters besides the entries (each a block with a ``model``).
+PARAMETER_BLOCKS = ("dataset", "entries", *TYPED_BLOCKS)
+
+
+def check_values(params: dict[str, Any]) -> None:
+    """Every typed block and entry's ``model`` of ``params``, checked at once: a bad value is
+    a :class:`ConfigError` (one paragraph, no traceback) naming each key, what it is and
+    what is allowed."""
+    blocks = {name: (TYPED_BLOCKS[name], params[name]) for name in TYPED_BLOCKS if name in params}
+    for name, value in params.items():
+        if isinstance(value, dict) and "model" in value:
+            blocks[f"{name}.model"] = (ModelConfig, value["model"])
+    problems = []
+    for name, (config, value) in blocks.items():
+        try:
+            config.model_validate(value)
+        except ValidationError as error:
+            for each in error.errors(include_url=False):
+                key = ".".join([name, *map(str, each["loc"])])
+                message = each["msg"].removeprefix("Value error, ")
+                if "got " not in message:
+                    message += f" (got {each.get('input')!r})"
+                problems.append(f"parameter '{key}': {message}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Fix it in the parameters files or --params.")

@@ -16,7 +16,13 @@ from kedro.framework.project import pipelines as registered_pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
-from attn_pipeline.config import PARAMETER_BLOCKS, ConfigError, DataPrepConfig, TrainConfig
+from attn_pipeline.config import (
+    PARAMETER_BLOCKS,
+    ConfigError,
+    DataPrepConfig,
+    TrainConfig,
+    check_values,
+)
 from attn_pipeline.models.checkpoint import DATASET, check_trained_on
 from attn_pipeline.pipeline_registry import STUDY_PIPELINE, use_run_parameters
 from attn_pipeline.pipelines import TRAIN_TAG
@@ -114,10 +120,27 @@ class RunPlanCheckHook:
     # reads them (Kedro's typed-parameter validation goes through the pipelines)
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
-        self._loader = context.config_loader
-        self._params = context.config_loader["parameters"]
+        self._loader = loader = context.config_loader
+        self._params = loader["parameters"]
+        check_values(self._params)  # before Kedro's own check, whose error is a traceback
         use_run_parameters(self._params)
         self._lock = ProjectRunLock(Path(context.project_path))
+        # Kedro reads base and the run's environment: under --env, conf/local is not read
+        local = Path(str(loader.conf_source)) / loader.default_run_env
+        if loader.env and loader.env != loader.default_run_env:
+            files = sorted(local.glob("parameters*.yml"))
+            unread = sorted(
+                {key for path in files for key in yaml.safe_load(path.read_text()) or {}}
+            )
+            if unread:
+                logger.warning(
+                    "--env %s: %s is not read (Kedro reads base and the named environment): its "
+                    "keys %s do not apply; put them in conf/%s or give them with --params",
+                    loader.env,
+                    local,
+                    ", ".join(unread),
+                    loader.env,
+                )
 
     # tryfirst: a run that cannot work stops before kedro-mlflow opens its MLflow run
     # (Kedro calls no error hook for a failure here, so that run would stay open)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -397,14 +398,20 @@ def test_a_study_cell_outside_attn_study_and_a_missing_gpu_are_refused_before_an
 
 
 def test_an_environment_switches_the_data_set(
-    default_run: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+    default_run: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`kedro run --env fashion_mnist` reads and writes Fashion-MNIST's files, not MNIST's
-    (building the pipelines must not reset the catalog's ${globals:...} to base)."""
+    (building the pipelines must not reset the catalog's ${globals:...} to base), and says
+    that conf/local, which Kedro does not read under --env, leaves its keys unapplied."""
     write_raw_dataset(default_run / "data" / "01_raw" / "fashion_mnist")
     mnist_train = default_run / "data" / "05_model_input" / "mnist_train.pt"
     before = mnist_train.read_bytes()
-    _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "data_prep", env="fashion_mnist")
+    with caplog.at_level(logging.WARNING, logger="attn_pipeline.hooks"):
+        _run(default_run, tracking_uri, monkeypatch, TINY_RUN, "data_prep", env="fashion_mnist")
+    assert "conf/local is not read" in caplog.text and "its keys study do not apply" in caplog.text
     assert (default_run / "data" / "05_model_input" / "fashion_mnist_train.pt").is_file()
     assert mnist_train.read_bytes() == before
 

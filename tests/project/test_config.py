@@ -15,6 +15,7 @@ from attn_pipeline.config import (
     RegistryConfig,
     StudyConfig,
     TrainConfig,
+    check_values,
 )
 from attn_pipeline.pipeline_registry import pipeline_plan
 from attn_pipeline.run_parameters import load_parameters
@@ -107,3 +108,15 @@ def test_a_non_finite_value_is_refused(value: float) -> None:
 def test_entries_that_are_not_a_list_are_refused() -> None:
     with pytest.raises(ValueError, match="'entries' must be a list of names, got 'none'"):
         pipeline_plan({**load_parameters(), "entries": "none"})
+
+
+def test_a_bad_value_is_one_paragraph_and_the_docs_quote_it() -> None:
+    """`kedro run --params latent.model.variant=bogus` prints this (click's ``Error: ``),
+    before any node and without a traceback; getting-started.md quotes it word for word."""
+    with pytest.raises(ConfigError) as error:
+        check_values({**load_parameters(), "latent": {"model": {"variant": "bogus"}}})
+    printed = f"Error: {error.value.message}"
+    doc = (PROJECT_ROOT / "docs" / "getting-started.md").read_text()
+    marker = "<!-- error-text: --params latent.model.variant=bogus"
+    quoted = doc.split(marker, 1)[1].split("```\n", 2)[1].strip()
+    assert quoted == printed

@@ -43,7 +43,6 @@ from mlflow.entities import Metric, Param, RunTag
 from pydantic import BaseModel
 
 from attn_pipeline.config import RegistryConfig
-from attn_pipeline.run_parameters import run_parameters
 from attn_pipeline.tracking import registry
 from attn_pipeline.tracking.store import prepare_tracking_store, store_lock
 
@@ -145,7 +144,7 @@ class TrackingHook:
         self._uri = str(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"] or "")
         if self._uri:
             prepare_tracking_store(self._uri, self._project)
-        params = run_parameters()
+        params = context.config_loader["parameters"]  # the session's own loader's
         self._dataset = str(params.get("dataset", ""))
         self._champion = RegistryConfig.model_validate(params.get("registry", {})).champion_metric
 
