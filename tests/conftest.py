@@ -125,3 +125,17 @@ def project_copy(root: Path) -> Path:
     (root / "src").mkdir()
     write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=120, n_test=20)
     return root
+
+
+def chromium() -> str:
+    """Debian's chromium, for the browser tests. `make test` installs it where it can; where
+    it is missing the test is skipped, and under CI (``CI=true``) it fails instead."""
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+    if found is None:
+        message = (
+            "needs Debian's chromium (`make test` installs it as root; apt-get install chromium)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found

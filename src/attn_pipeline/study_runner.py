@@ -202,7 +202,11 @@ def run_cell(job: CellJob) -> CellOutcome:
             args = [*base, "--nodes", ",".join(job.shared_nodes)]
             if (code := kedro_run(project, args, env, params, logs / "shared.log")) != 0:
                 return CellOutcome(
-                    job.namespace, f"exit {code}", host, str(logs / "shared.log"), True
+                    job.namespace,
+                    f"FAILED in the shared step (exit {code})",
+                    host,
+                    str(logs / "shared.log"),
+                    True,
                 )
             done.touch()
     client = mlflow.MlflowClient(job.tracking_uri)
@@ -353,7 +357,7 @@ def _run_cells(jobs: list[CellJob], client: Client, resources: dict | None) -> l
                 outcome = future.result()
             if outcome.status != "FINISHED":
                 failed.append(job.namespace)
-                said = f"FAILED ({outcome.status}); its log: {outcome.log} on {outcome.host}"
+                said = f"ended {outcome.status}; its log: {outcome.log} on {outcome.host}"
             logger.info(
                 "study: %s %s", job.namespace, "done" if outcome.status == "FINISHED" else said
             )

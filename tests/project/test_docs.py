@@ -8,7 +8,6 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, chromium
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
 
 REFRESH = PROJECT_ROOT / "docs" / "refresh_results.py"
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "chrome"))), None)
 NAV_LINK = re.compile(r'href="([^"]*)"[^>]*class="md-nav__link')
 
 
@@ -89,13 +87,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_page_of_the_navigation_opens_in_a_browser(site: Path, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("no Chromium on this machine")
+    browser_path = chromium()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
-    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    browser = [browser_path, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
 
     def dom(url: str) -> str:
         out = subprocess.run(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import build_vae, make_checkpoint
 from attn_pipeline.steer import load_checkpoint_model
 from attn_pipeline.steer.app import ModelError
+from tests.conftest import chromium
 
 CANVAS = (1, 40, 40)
 WHERE = ModelConfig(variant="where", latent_dim=4, glyph_size=28, attention_resolution=20)
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 
 
 def _checkpoint(path: Path, config: ModelConfig) -> Path:
@@ -124,7 +123,6 @@ def _message_includes(page, text: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
 def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
@@ -145,7 +143,7 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.5)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             page.goto(url)
             page.wait_for_function("document.getElementById('description').textContent")
