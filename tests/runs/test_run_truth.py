@@ -149,8 +149,10 @@ def test_a_study_reuses_only_complete_cells(tmp_path: Path, caplog: pytest.LogCa
 def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
     tmp_path: Path,
 ) -> None:
-    """`attn-study` SIGKILLed while a cell has trained and not yet evaluated: the cell's
-    run is never FINISHED, and the same command again runs it and completes the study."""
+    """`attn-study` SIGKILLed while a cell has trained and not yet evaluated: its Dask
+    worker goes with it and stops the cell (a cell's process asks for SIGTERM when its
+    worker dies), whose run ends KILLED, never FINISHED; the same command again runs the
+    cell and completes the study."""
     project = _tiny_project(tmp_path)
     conf = project / "conf" / "local" / "parameters.yml"
     tiny = yaml.safe_load(conf.read_text())
@@ -176,6 +178,13 @@ def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
         time.sleep(0.2)
     (cell,) = [r for r in _entry_runs(uri) if r.info.run_name == "study.none_seed0"]
     assert cell.info.status == "KILLED"
+    # the study's own run is never FINISHED without a comparison: RUNNING until the next
+    # run against the store marks it KILLED (it names the killed process as its owner)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
+    (killed,) = client.search_runs([experiment], "attributes.run_name = 'study'")
+    assert killed.info.status == "RUNNING"
+    assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
     shutil.rmtree(hooks)
     again = subprocess.run(
         command,
@@ -189,6 +198,7 @@ def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 cells, 0 finished before (reused), 2 to run" in again.stderr
     assert (project / "data/08_reporting/mnist/study/comparison.csv").is_file()
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
     finished = [r for r in _entry_runs(uri) if r.info.status == "FINISHED"]
     assert sorted(r.info.run_name for r in finished) == [
         "study.none_seed0",

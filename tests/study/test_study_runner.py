@@ -319,37 +319,6 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     assert parent.info.status == "KILLED"
 
 
-def test_a_killed_study_leaves_no_cell_behind_and_its_run_is_never_finished(
-    tmp_path: Path,
-) -> None:
-    """`attn-study` SIGKILLed while a cell trains: its Dask workers go with it and stop
-    their cells (a cell process asks for SIGTERM when its worker dies), whose runs end
-    KILLED; the study's run `study` is never FINISHED without a comparison: it stays
-    RUNNING until the next run against the store marks it KILLED."""
-    project, uri, study = _study_with_a_training_cell(tmp_path, 500, subprocess.DEVNULL)
-    study.kill()
-    study.wait(timeout=60)
-    (cell,) = _runs(uri, "attributes.run_name = 'study.none_seed0'")
-    _wait_gone(int(cell.data.tags["attn_pipeline.pid"]))
-    (cell,) = _runs(uri, "attributes.run_name = 'study.none_seed0'")
-    assert cell.info.status == "KILLED"
-    (parent,) = _runs(uri, "attributes.run_name = 'study'")
-    assert parent.info.status == "RUNNING"
-    assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
-    quick = subprocess.run(
-        [str(Path(sys.executable).with_name("kedro")), "run", "--pipelines", "data_prep"],
-        cwd=project,
-        env={**ENV, "MLFLOW_TRACKING_URI": uri},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert quick.returncode == 0, quick.stderr[-3000:]
-    (parent,) = _runs(uri, "attributes.run_name = 'study'")
-    assert parent.info.status == "KILLED"
-
-
 def _cell_processes(project: Path) -> set[str]:
     """The namespaces of the cell processes running in ``project``."""
     found = set()
