@@ -333,7 +333,7 @@ def refuse_renamed(values: dict, prefix: str = "") -> None:
 
 
 class StudyConfig(_Config):
-    """The ``compare`` study (``params:study``): which entries, over which seeds. The
+    """The study (``params:study``, run by ``attn-study``): which entries, over which seeds. The
     lists are conf/base/parameters_compare.yml's (no default lists here: one list, one place)."""
 
     entries: list[str] = Field(min_length=1)
