@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
-from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid
 
 from attn_pipeline.config import ConfigError, GenerateConfig, ScaleRectangleEdit
 from attn_pipeline.metrics.steering import (
@@ -32,6 +30,11 @@ from attn_pipeline.models.vae import AttentionEdit
 
 def _grid(images: torch.Tensor, nrow: int) -> Image.Image:
     """``(N, C, H, W)`` in [0, 1] -> one PIL image, ``nrow`` images per row."""
+    # imported here: torchvision's package import (its model zoo) costs seconds on every
+    # kedro command, which builds the pipelines and so imports this module
+    from torchvision.transforms.functional import to_pil_image  # noqa: PLC0415
+    from torchvision.utils import make_grid  # noqa: PLC0415
+
     return to_pil_image(make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0))
 
 
