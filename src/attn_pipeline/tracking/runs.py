@@ -18,6 +18,7 @@ of MLflow but the per-epoch curves, logged while training runs (:func:`log_epoch
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -131,6 +132,7 @@ class TrackingHook:
         self._runs: dict[str, str] = {}  # namespace -> run id
         self._open: set[str] = set()  # runs made here and not yet ended
         self._remaining: Counter[str] = Counter()  # namespace -> its nodes still to run
+        self._unsaved: dict[str, set[str]] = {}  # a namespace's last node -> outputs to save
         self._saved: dict[str, dict[str, Any]] = {}  # namespace -> model, entry, version
         self._handlers: dict[int, Any] = {}
         self._interrupted = 0
@@ -154,7 +156,7 @@ class TrackingHook:
 
     @hook_impl(trylast=True)  # after kedro-mlflow has opened the parent run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
-        self._runs, self._open, self._saved, self._unsaved = {}, set(), {}, set()
+        self._runs, self._open, self._saved, self._unsaved = {}, set(), {}, {}
         self._remaining = Counter(node.namespace for node in pipeline.nodes if node.namespace)
         self._given = self._parent = os.environ.get(GIVEN_RUN) or None
         client = mlflow.MlflowClient()
@@ -185,15 +187,11 @@ class TrackingHook:
             "namespace": namespace,
             "dataset": self._dataset,
         }
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=self._project,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if git.returncode == 0:
-            tags["mlflow.source.git.commit"] = git.stdout.strip()
+        with contextlib.suppress(OSError):  # no git here (a packaged project): no commit tag
+            command = ["git", "rev-parse", "HEAD"]
+            git = subprocess.run(command, cwd=self._project, capture_output=True, check=False)
+            if git.returncode == 0:
+                tags["mlflow.source.git.commit"] = git.stdout.decode().strip()
         run = mlflow.MlflowClient().create_run(
             self._experiment, run_name=namespace, tags=tags | owner_tags()
         )
@@ -265,13 +263,16 @@ class TrackingHook:
         if node.namespace:
             self._remaining[node.namespace] -= 1
             if self._remaining[node.namespace] == 0:
-                self._unsaved = set(node.outputs)
+                self._unsaved[node.name] = set(node.outputs)
                 self._saved_last(node, None)
 
     def _saved_last(self, node: Node, dataset_name: str | None) -> None:
-        self._unsaved.discard(dataset_name)
+        unsaved = self._unsaved.get(node.name)
+        if unsaved is None:
+            return
+        unsaved.discard(dataset_name)
         run_id = self._runs.get(node.namespace)
-        if not self._unsaved and self._remaining[node.namespace] == 0 and run_id in self._open:
+        if not unsaved and run_id in self._open:
             mlflow.MlflowClient().set_terminated(run_id, "FINISHED")
             self._open.discard(run_id)
 
