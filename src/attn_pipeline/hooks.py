@@ -47,33 +47,40 @@ def unknown_keys(params: Mapping[str, Any]) -> set[str]:
     return set(params) - set(PARAMETER_BLOCKS) - entries
 
 
+def _file_keys(folder: Path) -> dict[Path, set[str]]:
+    """The top-level keys of each parameters file of a configuration environment's folder
+    (none where it is not a folder: a packaged project's tarball)."""
+    return {
+        path: set(yaml.safe_load(path.read_text()) or {})
+        for path in sorted(folder.glob("parameters*.yml"))
+    }
+
+
 def _where(key: str, loader: Any) -> str:
     """Where a top-level key comes from: ``--params``, else the parameters files of the
-    run's environments that hold it (a configuration folder; a packaged tarball: unnamed)."""
+    run's environments that hold it."""
     if key in (loader.runtime_params or {}):
         return "--params"
     folder = Path(str(loader.conf_source))
     envs = (loader.base_env, loader.env or loader.default_run_env)
-    files = [
-        str(path)
-        for env in envs
-        for path in sorted((folder / env).glob("parameters*.yml"))
-        if key in (yaml.safe_load(path.read_text()) or {})
-    ]
+    files = [str(p) for env in envs for p, keys in _file_keys(folder / env).items() if key in keys]
     return ", ".join(files) or "the parameters files"
 
 
 def check_parameter_keys(params: Mapping[str, Any], loader: Any) -> None:
     unknown = unknown_keys(params)
+    if not unknown:
+        return
     known = sorted(set(params) - unknown)
+    named = []
     for key in sorted(unknown):
         nearest = difflib.get_close_matches(key, known, n=1)
-        raise ConfigError(
-            f"{_where(key, loader)} names '{key}'"
-            + (f" (did you mean '{nearest[0]}'?)" if nearest else "")
-            + f", which the project does not know: the top-level parameters are {known} "
-            "and entries (blocks with a 'model'). Fix the name and run again."
-        )
+        hint = f" (did you mean '{nearest[0]}'?)" if nearest else ""
+        named.append(f"{_where(key, loader)} names '{key}'{hint}")
+    raise ConfigError(
+        f"{'; '.join(named)}, which the project does not know: the top-level parameters are "
+        f"{known} and entries (blocks with a 'model'). Fix the name and run again."
+    )
 
 
 def check_inputs_exist(
@@ -128,10 +135,7 @@ class RunPlanCheckHook:
         # Kedro reads base and the run's environment: under --env, conf/local is not read
         local = Path(str(loader.conf_source)) / loader.default_run_env
         if loader.env and loader.env != loader.default_run_env:
-            files = sorted(local.glob("parameters*.yml"))
-            unread = sorted(
-                {key for path in files for key in yaml.safe_load(path.read_text()) or {}}
-            )
+            unread = sorted(set().union(*_file_keys(local).values()))
             if unread:
                 logger.warning(
                     "--env %s: %s is not read (Kedro reads base and the named environment): its "

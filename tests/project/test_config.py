@@ -6,11 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from attn_pipeline.config import (
+    TYPED_BLOCKS,
     ConfigError,
-    DataPrepConfig,
-    EvaluateConfig,
-    FeatureExtractorConfig,
-    GenerateConfig,
     ModelConfig,
     RegistryConfig,
     StudyConfig,
@@ -59,14 +56,9 @@ def test_unknown_champion_metric_lists_the_known_ones() -> None:
         RegistryConfig(champion_metric="nll")
 
 
-BLOCKS = {
-    "data_prep": DataPrepConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "feature_extractor": FeatureExtractorConfig,
-    "generate": GenerateConfig,
-    "registry": RegistryConfig,
-}  # study: no defaults in code at all (test_the_study_lists_live_in_the_parameters_file_only)
+#: The typed blocks with defaults in code (study: none at all, see
+#: test_the_study_lists_live_in_the_parameters_file_only).
+BLOCKS = {name: config for name, config in TYPED_BLOCKS.items() if name != "study"}
 
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))

@@ -319,13 +319,13 @@ def test_stopping_the_study_stops_its_cell_and_starts_no_other(tmp_path: Path) -
     assert parent.info.status == "KILLED"
 
 
-def _cell_processes(project: Path) -> set[str]:
-    """The namespaces of the cell processes running in ``project``."""
-    found = set()
+def _cell_processes(project: Path) -> dict[str, psutil.Process]:
+    """The cell processes running in ``project``, by namespace."""
+    found = {}
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
         if process.info["cwd"] == str(project) and "--namespaces" in cmdline:
-            found.add(cmdline[cmdline.index("--namespaces") + 1])
+            found[cmdline[cmdline.index("--namespaces") + 1]] = process
     return found
 
 
@@ -442,15 +442,13 @@ def _kill_the_worker_of_the_first_cell(folder: Path, killed: list[int]) -> None:
     """SIGKILL the Dask worker process running a cell in ``folder``, once the cell trains."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for process in psutil.process_iter(["cmdline", "cwd"]):
-            cmdline = process.info["cmdline"] or []
-            if process.info["cwd"] == str(folder) and "--namespaces" in cmdline:
-                log = folder / "data/08_reporting/mnist/study/logs" / f"{cmdline[-1]}.log"
-                if log.exists() and "epoch 1/" in log.read_text():
-                    worker = process.parent()
-                    killed.append(worker.pid)
-                    worker.kill()
-                    return
+        for namespace, process in _cell_processes(folder).items():
+            log = folder / "data/08_reporting/mnist/study/logs" / f"{namespace}.log"
+            if log.exists() and "epoch 1/" in log.read_text():
+                worker = process.parent()
+                killed.append(worker.pid)
+                worker.kill()
+                return
         time.sleep(0.2)
 
 
