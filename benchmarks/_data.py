@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from attn_pipeline.config import DataPrepConfig
-from attn_pipeline.datasets import IDXDataset
+from attn_pipeline.data.idx import IDXDataset
 from attn_pipeline.pipelines.data_prep.nodes import prepare_test_set, split_training_file
+from attn_pipeline.spec.config import DataPrepConfig
 
 RAW = Path("data/01_raw")
 

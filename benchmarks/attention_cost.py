@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import SelfAttention2d, build_vae, count_parameters
 from attn_pipeline.models.attention import AttentionMaps, naive_self_attention
-from attn_pipeline.run_parameters import load_parameters
-from attn_pipeline.training import fit
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.spec.parameters import load_parameters
+from attn_pipeline.training.loop import fit
 from benchmarks._data import load_splits
 
 #: (C, H, W) of MNIST's images

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from attn_pipeline.config import DataPrepConfig
 from attn_pipeline.metrics.generation import classifier_view
 from attn_pipeline.metrics.steering import QUADRANTS, pixel_box
 from attn_pipeline.models.classifier import load_feature_extractor
 from attn_pipeline.models.where import GlyphCentres, ink_centroid, place_glyph
-from attn_pipeline.run_parameters import load_parameters
+from attn_pipeline.spec.config import DataPrepConfig
+from attn_pipeline.spec.parameters import load_parameters
 from attn_pipeline.steer import load_checkpoint_model
 from benchmarks._data import load_splits
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from attn_pipeline.config import EvaluateConfig, FeatureExtractorConfig
-from attn_pipeline.datasets import PackagedTorchDataset, ResultCache, TorchDataset
+from attn_pipeline.data.saved_state import ResultCache
+from attn_pipeline.data.torch_files import PackagedTorchDataset, TorchDataset
 from attn_pipeline.metrics import classifier_view, frechet_distance
 from attn_pipeline.models.classifier import load_feature_extractor
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model, measure_real_images
 from attn_pipeline.pipelines.feature_extractor.nodes import ensure_feature_extractor
+from attn_pipeline.spec.config import EvaluateConfig, FeatureExtractorConfig
 from benchmarks._data import load_splits
 
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.models import build_vae
-from attn_pipeline.precision import native_bf16, resolve_precision
-from attn_pipeline.run_parameters import load_parameters
-from attn_pipeline.training import _step  # noqa: PLC2701 (the loop's own step is what is timed)
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.spec.parameters import load_parameters
+from attn_pipeline.training.loop import _step  # noqa: PLC2701 (the loop's own step is what is timed)
+from attn_pipeline.training.precision import native_bf16, resolve_precision
 from benchmarks._project import project_env, scratch_project
 
 CPU = torch.device("cpu")

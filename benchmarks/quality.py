@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from attn_pipeline.config import DataPrepConfig, ModelConfig, TrainConfig
-from attn_pipeline.datasets import CheckpointFolders
+from attn_pipeline.data.saved_state import CheckpointFolders
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.pipelines.train.nodes import train_model
+from attn_pipeline.spec.config import DataPrepConfig, ModelConfig, TrainConfig
 from benchmarks._data import load_splits
 
 REFERENCE_TEST_LOSS = 105.6

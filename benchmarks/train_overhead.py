@@ -21,11 +21,11 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.datasets import TrainingCheckpointsDataset
-from attn_pipeline.losses import training_objective, vae_loss_terms
+from attn_pipeline.data.saved_state import TrainingCheckpointsDataset
 from attn_pipeline.models import build_vae
+from attn_pipeline.models.losses import training_objective, vae_loss_terms
 from attn_pipeline.pipelines.train.pipeline import entry_template
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
 from attn_pipeline.tracking.registry import log_sampler_model
 from benchmarks._data import load_splits
 

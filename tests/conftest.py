@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attn_pipeline.datasets import encode_idx
+from attn_pipeline.data.idx import encode_idx
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 

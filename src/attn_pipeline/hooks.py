@@ -16,19 +16,19 @@ from kedro.framework.project import pipelines as registered_pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
-from attn_pipeline.config import (
+from attn_pipeline.models.checkpoint import DATASET, check_trained_on
+from attn_pipeline.pipeline_registry import use_run_parameters
+from attn_pipeline.pipelines import STUDY_PIPELINE, TRAIN_TAG
+from attn_pipeline.spec.config import (
     PARAMETER_BLOCKS,
     ConfigError,
     DataPrepConfig,
     TrainConfig,
     check_values,
 )
-from attn_pipeline.models.checkpoint import DATASET, check_trained_on
-from attn_pipeline.pipeline_registry import STUDY_PIPELINE, use_run_parameters
-from attn_pipeline.pipelines import TRAIN_TAG
 from attn_pipeline.tracking.runs import GIVEN_RUN
 from attn_pipeline.tracking.store import ProjectRunLock, output_groups
-from attn_pipeline.training import resolve_device
+from attn_pipeline.training.loop import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ cell as its own ``kedro run``) (the pattern of Kedro's
 loaded them (base, the run's ``--env``, conf/local and ``--params``): once a session's
 context exists, :class:`attn_pipeline.hooks.RunPlanCheckHook` hands them over with
 :func:`use_run_parameters` and the pipelines are built again from them
-(:mod:`attn_pipeline.run_parameters`, where no session is made, reads the files with
+(:mod:`attn_pipeline.spec.parameters`, where no session is made, reads the files with
 Kedro's loader: base and ``KEDRO_ENV``, else local).
 """
 
@@ -21,20 +21,18 @@ from kedro.framework.project import pipelines
 from kedro.pipeline import Pipeline
 from pydantic import ValidationError
 
-from attn_pipeline.config import ModelConfig, StudyConfig, refuse_renamed
 from attn_pipeline.pipelines import (
-    compare,
+    STUDY_PIPELINE,
     data_prep,
     evaluate,
     feature_extractor,
     generate,
+    study,
     train,
 )
-from attn_pipeline.run_parameters import run_parameters, set_run_parameters
-from attn_pipeline.variants import variant_spec
-
-#: The study's cells and the shared step they need (``attn-study`` runs one cell a process).
-STUDY_PIPELINE = "study"
+from attn_pipeline.spec.config import ModelConfig, StudyConfig, refuse_renamed
+from attn_pipeline.spec.parameters import run_parameters, set_run_parameters
+from attn_pipeline.spec.variants import variant_spec
 
 
 def _checked_names(names: Any, what: str, params: dict[str, Any]) -> tuple[str, ...]:
@@ -70,12 +68,12 @@ def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
     refuse_renamed(params)
     refuse_renamed(params.get("study") or {}, "study.")
     entries = _checked_names(params.get("entries", []), "entries", params)
-    study = StudyConfig.model_validate(params.get("study", {}))
-    study_entries = _checked_names(list(study.entries), "study.entries", params)
+    study_config = StudyConfig.model_validate(params.get("study", {}))
+    study_entries = _checked_names(list(study_config.entries), "study.entries", params)
     return {
         "entries": entries,
         "study.entries": study_entries,
-        "study.seeds": tuple(study.seeds),
+        "study.seeds": tuple(study_config.seeds),
         "steerable": steerable_entries(tuple(set(entries) | set(study_entries)), params),
     }
 
@@ -107,8 +105,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "generate": prepared + generate.create_pipeline(entries, steerable=steerable),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
-    pipelines[STUDY_PIPELINE] = compare.create_pipeline(
+    pipelines[STUDY_PIPELINE] = study.create_pipeline(
         study_entries, plan["study.seeds"], steerable=steerable
     )
-    pipelines["study_report"] = compare.create_report_pipeline()
+    pipelines["study_report"] = study.create_report_pipeline()
     return pipelines

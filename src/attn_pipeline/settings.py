@@ -8,10 +8,10 @@ import yaml
 from kedro.config import OmegaConfigLoader
 from mlflow.telemetry.client import set_telemetry_client
 
-from attn_pipeline.allocator import retain_freed_memory
 from attn_pipeline.hooks import RunPlanCheckHook
-from attn_pipeline.run_parameters import CONFIG_LOADER_ARGS  # noqa: F401 (Kedro reads it here)
+from attn_pipeline.spec.parameters import CONFIG_LOADER_ARGS  # noqa: F401 (Kedro reads it here)
 from attn_pipeline.tracking.runs import FlatParamsMlflowHook, TrackingHook
+from attn_pipeline.training.allocator import retain_freed_memory
 
 # omegaconf 2.4 deprecates the resolver API that kedro 1.7 and kedro-mlflow still call
 warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)

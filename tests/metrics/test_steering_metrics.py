@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.datasets import IDXDataset
-from attn_pipeline.fetch_data import ENV_VAR, fetch
+from attn_pipeline.data.fetch import ENV_VAR, fetch
+from attn_pipeline.data.idx import IDXDataset
 from attn_pipeline.metrics import steering_metrics
 from attn_pipeline.metrics.steering import edit_effect, region_mask
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.classifier import FeatureClassifier
-from attn_pipeline.training import fit
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.training.loop import fit
 from tests.conftest import MNIST_SHAPE
 
 

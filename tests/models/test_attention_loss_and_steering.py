@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.losses import attention_alignment, training_objective, vae_loss_terms
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.attention import relative_map
+from attn_pipeline.models.losses import attention_alignment, training_objective, vae_loss_terms
 from attn_pipeline.models.steering import ReplaceMap, ScaleRectangle, rectangle_mask
 from attn_pipeline.pipelines.generate.nodes import steering_rows
-from attn_pipeline.training import fit
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.training.loop import fit
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
 

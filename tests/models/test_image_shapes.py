@@ -6,15 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn_pipeline.config import (
-    EvaluateConfig,
-    FeatureExtractorConfig,
-    GenerateConfig,
-    ModelConfig,
-    ScaleRectangleEdit,
-    TrainConfig,
-)
-from attn_pipeline.datasets import CheckpointFolders, ResultCache
+from attn_pipeline.data.saved_state import CheckpointFolders, ResultCache
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.classifier import FeatureClassifier, load_feature_extractor
 from attn_pipeline.pipelines.evaluate.nodes import evaluate_model, measure_real_images
@@ -25,6 +17,14 @@ from attn_pipeline.pipelines.generate.nodes import (
     render_steering,
 )
 from attn_pipeline.pipelines.train.nodes import train_model
+from attn_pipeline.spec.config import (
+    EvaluateConfig,
+    FeatureExtractorConfig,
+    GenerateConfig,
+    ModelConfig,
+    ScaleRectangleEdit,
+    TrainConfig,
+)
 
 SHAPE = (3, 32, 32)
 N_CLASSES = 4
@@ -97,8 +97,8 @@ def test_a_stored_extractor_of_other_images_is_refused_by_name() -> None:
 
 
 def test_a_steering_rectangle_outside_the_images_is_refused() -> None:
-    from attn_pipeline.config import ConfigError  # noqa: PLC0415
     from attn_pipeline.pipelines.generate.nodes import steering_edit  # noqa: PLC0415
+    from attn_pipeline.spec.config import ConfigError  # noqa: PLC0415
 
     config = GenerateConfig(steering=ScaleRectangleEdit(top=0, bottom=20, left=0, right=40))
     with pytest.raises(ConfigError, match="outside the 32x32 images"):

@@ -6,8 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.losses import gaussian_kl, vae_loss_terms
 from attn_pipeline.models import (
     CBAM,
     ImageSampler,
@@ -19,11 +17,13 @@ from attn_pipeline.models import (
     make_checkpoint,
 )
 from attn_pipeline.models.backbones import SubPixelConvTranspose2d
-from attn_pipeline.pipelines.compare.statistics import EQUAL_SIZE_TOLERANCE, comparison_kind
-from attn_pipeline.run_parameters import load_parameters
-from attn_pipeline.training import TrainingDivergedError, fit
-from attn_pipeline.variants import VARIANTS as REGISTERED
-from attn_pipeline.variants import VariantSpec, register
+from attn_pipeline.models.losses import gaussian_kl, vae_loss_terms
+from attn_pipeline.pipelines.study.statistics import EQUAL_SIZE_TOLERANCE, comparison_kind
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.spec.parameters import load_parameters
+from attn_pipeline.spec.variants import VARIANTS as REGISTERED
+from attn_pipeline.spec.variants import VariantSpec, register
+from attn_pipeline.training.loop import TrainingDivergedError, fit
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
 VARIANTS = list(REGISTERED)
@@ -267,7 +267,7 @@ INITIAL_WEIGHTS = {
 def test_a_seed_gives_the_models_their_published_initial_weights(
     variant: str, backbone: str
 ) -> None:
-    from attn_pipeline.fingerprints import state_fingerprint  # noqa: PLC0415
+    from attn_pipeline.data.fingerprints import state_fingerprint  # noqa: PLC0415
 
     resolution = {"attention_resolution": 7} if variant in ("self", "cbam") else {}
     torch.manual_seed(0)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn_pipeline.config import ModelConfig
-from attn_pipeline.losses import training_objective, vae_loss_terms
 from attn_pipeline.metrics.steering import QUADRANTS, move_metrics, pixel_box
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.classifier import FeatureClassifier
+from attn_pipeline.models.losses import training_objective, vae_loss_terms
 from attn_pipeline.models.steering import MoveToRectangle
 from attn_pipeline.models.where import GlyphCentres, cut_window, ink_centroid, place_glyph
+from attn_pipeline.spec.config import ModelConfig
 
 CANVAS = (1, 40, 40)
 

@@ -18,9 +18,9 @@ import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from attn_pipeline.config import ConfigError
 from attn_pipeline.hooks import MissingInputError
 from attn_pipeline.models.checkpoint import check_trained_on
+from attn_pipeline.spec.config import ConfigError
 from attn_pipeline.tracking.registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
 from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_idx, write_raw_dataset

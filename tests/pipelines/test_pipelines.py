@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from attn_pipeline.pipelines import compare, evaluate, generate, train
+from attn_pipeline.pipelines import evaluate, generate, study, train
 
 STAGES = ("train", "evaluate", "generate")
 
@@ -38,7 +38,7 @@ def test_node_names_carry_their_entry() -> None:
 
 
 def test_study_cells_nodes_carry_the_cell() -> None:
-    pipeline = compare.create_pipeline(["none", "latent"], [0, 1])
+    pipeline = study.create_pipeline(["none", "latent"], [0, 1])
     cell = pipeline.only_nodes_with_namespaces(["study.latent_seed1"])
     assert sorted(node.short_name for node in cell.nodes) == [
         "evaluate_latent_seed1",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from attn_pipeline.config import (
+from attn_pipeline.pipeline_registry import pipeline_plan
+from attn_pipeline.spec.config import (
     TYPED_BLOCKS,
     ConfigError,
     ModelConfig,
@@ -14,8 +15,7 @@ from attn_pipeline.config import (
     TrainConfig,
     check_values,
 )
-from attn_pipeline.pipeline_registry import pipeline_plan
-from attn_pipeline.run_parameters import load_parameters
+from attn_pipeline.spec.parameters import load_parameters
 from tests.conftest import PROJECT_ROOT
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attn_pipeline.fetch_data import ENV_VAR
+from attn_pipeline.data.fetch import ENV_VAR
 from tests.conftest import PROJECT_ROOT
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attn_pipeline.datasets import IDXDataset
-from attn_pipeline.fetch_data import ENV_VAR, fetch
+from attn_pipeline.data.fetch import ENV_VAR, fetch
+from attn_pipeline.data.idx import IDXDataset
 
 pytestmark = [
     pytest.mark.skipif(

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_pipeline.config import DataPrepConfig
-from attn_pipeline.datasets import IDXDataset
-from attn_pipeline.fetch_data import ENV_VAR
+from attn_pipeline.data.fetch import ENV_VAR
+from attn_pipeline.data.idx import IDXDataset
 from attn_pipeline.models.classifier import load_feature_extractor, state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import prepare_test_set
 from attn_pipeline.pipelines.feature_extractor.nodes import classifier_accuracy
+from attn_pipeline.spec.config import DataPrepConfig
 from tests.conftest import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "src" / "attn_pipeline" / "reference" / "feature_extractor"

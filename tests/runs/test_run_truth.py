@@ -19,9 +19,9 @@ from kedro.framework.project import settings
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from attn_pipeline.datasets.study_cells import SUMMARY_ARTIFACT
-from attn_pipeline.study import CELL_KEY_TAG
-from attn_pipeline.study_runner import complete_cells
+from attn_pipeline.spec.cells import CELL_KEY_TAG
+from attn_pipeline.study.runner import complete_cells
+from attn_pipeline.study.tracked_cells import SUMMARY_ARTIFACT
 from attn_pipeline.tracking import runs
 from attn_pipeline.tracking.registry import REGISTERED_TAG
 from tests.conftest import TINY_RUN, project_copy
@@ -138,7 +138,7 @@ def test_a_study_reuses_only_complete_cells(tmp_path: Path, caplog: pytest.LogCa
     cell_run("a", hashes, summary=False)
     cell_run("b", {}, summary=True)
     complete = cell_run("c", hashes, summary=True)
-    with caplog.at_level(logging.WARNING, logger="attn_pipeline.study"):
+    with caplog.at_level(logging.WARNING, logger="attn_pipeline.spec.cells"):
         found = complete_cells(client, experiment, {"x.a": "a", "x.b": "b", "x.c": "c"})
     assert found == {"x.c": complete}
     assert f"lacks {SUMMARY_ARTIFACT}" in caplog.text

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import build_vae, make_checkpoint
+from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.steer import load_checkpoint_model
 from attn_pipeline.steer.app import ModelError
 from tests.conftest import chromium
@@ -38,7 +38,7 @@ def _checkpoint(path: Path, config: ModelConfig) -> Path:
 #: `kedro run` does, then loaded back by attn-steer.
 REGISTERED_ROUND_TRIP = """
 import json, sys, mlflow, torch
-from attn_pipeline.config import ModelConfig
+from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.models import ImageSampler, build_vae
 from contextlib import nullcontext
 from attn_pipeline.tracking.registry import register

@@ -26,9 +26,9 @@ import psutil
 import pytest
 import yaml
 
-from attn_pipeline.config import StudyConfig
-from attn_pipeline.study import CELL_KEY_TAG, study_cells
-from attn_pipeline.study_runner import parse_entries, parse_seeds, plan_workers
+from attn_pipeline.spec.cells import CELL_KEY_TAG, study_cells
+from attn_pipeline.spec.config import StudyConfig
+from attn_pipeline.study.runner import parse_entries, parse_seeds, plan_workers
 from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock, output_groups
 from tests.conftest import PROJECT_ROOT, TINY_RUN, write_raw_dataset
 

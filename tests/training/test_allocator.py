@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from attn_pipeline.allocator import retain_freed_memory
+from attn_pipeline.training.allocator import retain_freed_memory
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "retain":
-    from attn_pipeline.allocator import retain_freed_memory
+    from attn_pipeline.training.allocator import retain_freed_memory
     assert retain_freed_memory()
 torch.set_num_threads(1)
-from attn_pipeline.config import ModelConfig
-from attn_pipeline.losses import bernoulli_nll
+from attn_pipeline.spec.config import ModelConfig
+from attn_pipeline.models.losses import bernoulli_nll
 from attn_pipeline.models import build_vae
 model = build_vae(ModelConfig(variant="none"), (1, 28, 28))
 optimizer = torch.optim.Adam(model.parameters())
@@ -58,7 +58,7 @@ def test_training_steps_reuse_freed_memory() -> None:
 def test_every_kedro_command_of_the_project_reuses_freed_memory() -> None:
     """settings.py, which every `kedro` command of the project imports, applies it."""
     probe = (
-        "import attn_pipeline.allocator as a, sys; calls = []; "
+        "import attn_pipeline.training.allocator as a, sys; calls = []; "
         "a.retain_freed_memory = lambda: calls.append(1) or True; "
         "import attn_pipeline.settings; sys.stdout.write(str(len(calls)))"
     )

@@ -8,12 +8,12 @@ import warnings
 import pytest
 import torch
 
-from attn_pipeline.config import ModelConfig, TrainConfig
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import build_vae
 from attn_pipeline.pipelines.train.nodes import training_description
-from attn_pipeline.precision import native_bf16, resolve_precision
-from attn_pipeline.training import fit
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.training.loop import fit
+from attn_pipeline.training.precision import native_bf16, resolve_precision
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
 CPU = torch.device("cpu")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.datasets import CheckpointFolders, TrainingCheckpoints
+from attn_pipeline.data.saved_state import CheckpointFolders, TrainingCheckpoints
 from attn_pipeline.models import build_vae
 from attn_pipeline.pipelines.train.nodes import train_model
-from attn_pipeline.training import TrainingState, fit
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
+from attn_pipeline.training.loop import TrainingState, fit
 from tests.conftest import MNIST_SHAPE, project_copy, write_raw_dataset
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from attn_pipeline.losses import vae_loss_terms
 from attn_pipeline.models import VAE
+from attn_pipeline.models.losses import vae_loss_terms
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from attn_pipeline.losses import bernoulli_nll
 from attn_pipeline.models import VAE
+from attn_pipeline.models.losses import bernoulli_nll
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from attn_pipeline.config import ModelConfig
+from attn_pipeline.spec.config import ModelConfig
 
 from .vae import VAE, build_vae
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_pipeline.config import ExtractorPooling, FeatureExtractorConfig
+from attn_pipeline.spec.config import ExtractorPooling, FeatureExtractorConfig
 
 
 class FeatureClassifier(nn.Module):

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attn_pipeline.config import ModelConfig
-from attn_pipeline.variants import variant_spec
+from attn_pipeline.spec.config import ModelConfig
+from attn_pipeline.spec.variants import variant_spec
 
 from .attention import (
     LatentSoftmaxAttention,

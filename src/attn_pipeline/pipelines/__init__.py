@@ -4,3 +4,5 @@ Tags filter of kedro viz and ``kedro run --tags evaluate`` pick one stage of eve
 TRAIN_TAG = "train"
 EVALUATE_TAG = "evaluate"
 GENERATE_TAG = "generate"
+#: The study's cells and the shared step they need (``attn-study`` runs one cell a process).
+STUDY_PIPELINE = "study"

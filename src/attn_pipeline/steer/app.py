@@ -33,10 +33,10 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, Field, ValidationError
 from torchvision.transforms.functional import to_pil_image
 
-from attn_pipeline.config import ModelConfig
 from attn_pipeline.models import VAE, build_vae
 from attn_pipeline.models.checkpoint import load_checkpoint
 from attn_pipeline.models.steering import MoveToRectangle, ReplaceMap, ScaleRectangle
+from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.tracking.registry import registered_model_name
 
 logger = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn  # noqa: PLC0415 (only the command needs the server)
     from kedro.config import OmegaConfigLoader  # noqa: PLC0415
 
-    from attn_pipeline.run_parameters import CONFIG_LOADER_ARGS  # noqa: PLC0415
+    from attn_pipeline.spec.parameters import CONFIG_LOADER_ARGS  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="attn-steer", description=main.__doc__)
     parser.add_argument("--dataset", default="mnist")

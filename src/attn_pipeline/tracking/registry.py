@@ -17,8 +17,8 @@ import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
-from attn_pipeline.fingerprints import state_fingerprint
-from attn_pipeline.metric_table import MEASURED_WITH, METRICS
+from attn_pipeline.data.fingerprints import state_fingerprint
+from attn_pipeline.spec.metric_table import MEASURED_WITH, METRICS
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import Metric, Param, RunTag
 from pydantic import BaseModel
 
-from attn_pipeline.config import RegistryConfig
+from attn_pipeline.spec.config import RegistryConfig
 from attn_pipeline.tracking import registry
 from attn_pipeline.tracking.store import prepare_tracking_store, store_lock
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from attn_pipeline.config import ConfigError, DataPrepConfig
 from attn_pipeline.pipelines.data_prep.nodes import (
     RawDataError,
     prepare_test_set,
     split_training_file,
 )
+from attn_pipeline.spec.config import ConfigError, DataPrepConfig
 from tests.conftest import digit_like_images
 
 

@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn_pipeline.binarization import evaluation_images, is_binarized
-from attn_pipeline.config import (
-    DataPrepConfig,
-    EvaluateConfig,
-    FeatureExtractorConfig,
-    ModelConfig,
-    TrainConfig,
-)
-from attn_pipeline.datasets import ResultCache
+from attn_pipeline.data.binarization import evaluation_images, is_binarized
+from attn_pipeline.data.saved_state import ResultCache
 from attn_pipeline.metrics import evaluate_reconstruction, importance_weighted_nll
 from attn_pipeline.models import build_vae
 from attn_pipeline.models.checkpoint import make_checkpoint
@@ -25,7 +18,14 @@ from attn_pipeline.pipelines.evaluate.nodes import (
     nll_subset,
 )
 from attn_pipeline.pipelines.feature_extractor import nodes as extractor_nodes
-from attn_pipeline.training import fit
+from attn_pipeline.spec.config import (
+    DataPrepConfig,
+    EvaluateConfig,
+    FeatureExtractorConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from attn_pipeline.training.loop import fit
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
 

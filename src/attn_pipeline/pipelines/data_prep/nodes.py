@@ -8,15 +8,15 @@ import zlib
 import numpy as np
 import torch
 
-from attn_pipeline.binarization import FLAG as BINARIZED
-from attn_pipeline.config import ConfigError, DataPrepConfig
+from attn_pipeline.data.binarization import FLAG as BINARIZED
 from attn_pipeline.models.checkpoint import DATASET
+from attn_pipeline.spec.config import ConfigError, DataPrepConfig
 
 logger = logging.getLogger(__name__)
 
 #: A split as saved to ``data/05_model_input``: float images (N, 1, H, W) (on a canvas of
 #: side ``data_prep.canvas_size`` when one is set), int64 labels (N,),
-#: the flag ``binarized`` (a bool tensor, see :mod:`attn_pipeline.binarization`) and the
+#: the flag ``binarized`` (a bool tensor, see :mod:`attn_pipeline.data.binarization`) and the
 #: name of its data set under ``dataset`` (a trained model records it, see
 #: :func:`attn_pipeline.models.checkpoint.check_trained_on`).
 TensorSplit = dict[str, torch.Tensor | str]

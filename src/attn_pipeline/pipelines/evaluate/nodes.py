@@ -11,17 +11,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from attn_pipeline import binarization, models
 from attn_pipeline import metrics as metrics_package
-from attn_pipeline.binarization import evaluation_images, is_binarized
-from attn_pipeline.config import EvaluateConfig
-from attn_pipeline.datasets import ResultCache
-from attn_pipeline.fingerprints import (
+from attn_pipeline import models
+from attn_pipeline.data import binarization
+from attn_pipeline.data.binarization import evaluation_images, is_binarized
+from attn_pipeline.data.fingerprints import (
     combined_fingerprint,
     source_fingerprint,
     state_fingerprint,
     tensor_fingerprint,
 )
+from attn_pipeline.data.saved_state import ResultCache
 from attn_pipeline.metrics import (
     ClassifierView,
     RealImages,
@@ -39,7 +39,8 @@ from attn_pipeline.metrics import (
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.models.classifier import load_feature_extractor
-from attn_pipeline.training import resolve_device
+from attn_pipeline.spec.config import EvaluateConfig
+from attn_pipeline.training.loop import resolve_device
 
 logger = logging.getLogger(__name__)
 

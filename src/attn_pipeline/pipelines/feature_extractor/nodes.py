@@ -9,14 +9,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attn_pipeline.config import FeatureExtractorConfig
 from attn_pipeline.models.classifier import (
     FeatureClassifier,
     extractor_image_shape,
     state_dict_hash,
 )
-from attn_pipeline.precision import resolve_precision
-from attn_pipeline.training import resolve_device
+from attn_pipeline.spec.config import FeatureExtractorConfig
+from attn_pipeline.training.loop import resolve_device
+from attn_pipeline.training.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 

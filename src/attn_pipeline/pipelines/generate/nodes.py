@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from attn_pipeline.config import ConfigError, GenerateConfig, ScaleRectangleEdit
 from attn_pipeline.metrics.steering import (
     EMPHASIS,
     HALVES,
@@ -26,6 +25,7 @@ from attn_pipeline.models.steering import (
     TransplantMap,
 )
 from attn_pipeline.models.vae import AttentionEdit
+from attn_pipeline.spec.config import ConfigError, GenerateConfig, ScaleRectangleEdit
 
 
 def _grid(images: torch.Tensor, nrow: int) -> Image.Image:

@@ -9,15 +9,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from attn_pipeline import binarization, losses, models, training
-from attn_pipeline.binarization import evaluation_images, is_binarized
-from attn_pipeline.config import ModelConfig, TrainConfig
-from attn_pipeline.datasets import CheckpointFolders
-from attn_pipeline.fingerprints import source_fingerprint, tensor_fingerprint
+from attn_pipeline import models, training
+from attn_pipeline.data import binarization
+from attn_pipeline.data.binarization import evaluation_images, is_binarized
+from attn_pipeline.data.fingerprints import source_fingerprint, tensor_fingerprint
+from attn_pipeline.data.saved_state import CheckpointFolders
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.models.checkpoint import DATASET
+from attn_pipeline.spec.config import ModelConfig, TrainConfig
 from attn_pipeline.tracking.runs import log_epoch_metrics
-from attn_pipeline.training import TrainingState, fit
+from attn_pipeline.training.loop import TrainingState, fit
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def training_description(
     trains included: the key of the folder its epochs are saved in (``train.resume``
     itself decides nothing of it)."""
     return {
-        "code": source_fingerprint(models, losses, training, binarization),
+        "code": source_fingerprint(models, training, binarization),
         "model": model_config.model_dump(mode="json"),
         "train": train_config.model_dump(mode="json", exclude={"resume"}),
         "train_images": tensor_fingerprint(train_set["images"]),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attn_pipeline.metric_table import HEADLINE_METRICS, METRICS
+from attn_pipeline.spec.metric_table import HEADLINE_METRICS, METRICS
 
 
 def paired_test(differences: np.ndarray, level: float = 0.95) -> tuple[float, float]:

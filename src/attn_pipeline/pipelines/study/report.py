@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from attn_pipeline.metric_table import HEADLINE_METRICS, METRICS, TABLES, StudyMetric
+from attn_pipeline.spec.metric_table import HEADLINE_METRICS, METRICS, TABLES, StudyMetric
 
 
 def _difference_text(spec: StudyMetric, diff: float, half: float) -> str:

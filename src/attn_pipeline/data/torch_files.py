@@ -83,7 +83,7 @@ class TorchDataset(AbstractDataset[Any, Any]):
     Example catalog entry::
 
         "{entry}.checkpoint":
-          type: attn_pipeline.datasets.TorchDataset
+          type: attn_pipeline.data.TorchDataset
           filepath: data/06_models/{entry}/model.pt
     """
 
@@ -143,7 +143,7 @@ class PackagedTorchDataset(TorchDataset):
     Example catalog entry::
 
         reference_feature_extractor:
-          type: attn_pipeline.datasets.PackagedTorchDataset
+          type: attn_pipeline.data.PackagedTorchDataset
           package: attn_pipeline
           resource: reference/feature_extractor/mnist.pt
     """

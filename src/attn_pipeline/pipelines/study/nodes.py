@@ -9,11 +9,11 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from attn_pipeline.metric_table import (
+from attn_pipeline.spec.cells import study_cells
+from attn_pipeline.spec.metric_table import (
     MEASURED_WITH,
     METRICS,
 )
-from attn_pipeline.study import study_cells
 
 from .report import forest_plot, to_markdown
 from .statistics import paired_differences

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kedro.io import DatasetError
 
-from attn_pipeline.datasets import IDXDataset, IDXFormatError, encode_idx
+from attn_pipeline.data.idx import IDXDataset, IDXFormatError, encode_idx
 from tests.conftest import write_idx
 
 

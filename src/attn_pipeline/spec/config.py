@@ -20,10 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-from attn_pipeline.metric_table import METRICS
-from attn_pipeline.variants import VARIANTS, variant_spec
+from attn_pipeline.spec.metric_table import METRICS
+from attn_pipeline.spec.variants import VARIANTS, variant_spec
 
-#: Arithmetic of a training's forward pass (:mod:`attn_pipeline.precision`).
+#: Arithmetic of a training's forward pass (:mod:`attn_pipeline.training.precision`).
 Precision = Literal["auto", "fp32", "bf16"]
 Backbone = Literal["conv", "mlp"]
 
@@ -95,7 +95,7 @@ class ModelConfig(_Config):
     """One model variant (``params:<namespace>.model``). The images' shape is the data
     set's (the training split's), not a setting: see :func:`attn_pipeline.models.build_vae`."""
 
-    variant: str = Field("none", description="a name of attn_pipeline.variants.VARIANTS")
+    variant: str = Field("none", description="a name of attn_pipeline.spec.variants.VARIANTS")
     backbone: Backbone = "conv"
     latent_dim: PositiveInt = 20
     hidden_dim: PositiveInt = Field(400, description="MLP backbone: width of the hidden layer")
@@ -302,7 +302,7 @@ class RegistryConfig(_Config):
 
     champion_metric: str = Field(
         "nll_iw",
-        description="the test metric (a name of attn_pipeline.metric_table.METRICS) whose "
+        description="the test metric (a name of attn_pipeline.spec.metric_table.METRICS) whose "
         "best version of each registered model gets the alias `champion`",
     )
 
@@ -334,7 +334,7 @@ def refuse_renamed(values: dict, prefix: str = "") -> None:
 
 class StudyConfig(_Config):
     """The study (``params:study``, run by ``attn-study``): which entries, over which seeds. The
-    lists are conf/base/parameters_compare.yml's (no default lists here: one list, one place)."""
+    lists are conf/base/parameters_study.yml's (no default lists here: one list, one place)."""
 
     entries: list[str] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)

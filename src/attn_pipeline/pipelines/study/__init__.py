@@ -1,4 +1,4 @@
-"""compare pipeline: the side-by-side study."""
+"""The study pipeline: each (entry, seed) cell, the shared step, and the comparison report."""
 
 from .pipeline import create_pipeline, create_report_pipeline
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from attn_pipeline.config import Precision
+from attn_pipeline.spec.config import Precision
 
 logger = logging.getLogger(__name__)
 

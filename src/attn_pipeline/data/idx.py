@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-from .torch_dataset import write_atomically
+from attn_pipeline.data.torch_files import write_atomically
 
 _UBYTE = 0x08
 # Type codes the IDX format defines; only unsigned bytes occur in (Fashion-)MNIST.
@@ -123,7 +123,7 @@ class IDXDataset(AbstractDataset[np.ndarray, np.ndarray]):
     Example catalog entry::
 
         raw_train_images:
-          type: attn_pipeline.datasets.IDXDataset
+          type: attn_pipeline.data.IDXDataset
           filepath: data/01_raw/mnist/train-images-idx3-ubyte.gz
           item_shape: [28, 28]
 

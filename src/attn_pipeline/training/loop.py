@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from attn_pipeline.config import TrainConfig
-from attn_pipeline.losses import LossTerms, training_objective, vae_loss_terms
 from attn_pipeline.metrics import evaluate_reconstruction
 from attn_pipeline.models import VAE
-from attn_pipeline.precision import FP32, ResolvedPrecision, resolve_precision
+from attn_pipeline.models.losses import LossTerms, training_objective, vae_loss_terms
+from attn_pipeline.spec.config import TrainConfig
+from attn_pipeline.training.precision import FP32, ResolvedPrecision, resolve_precision
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_pipeline.datasets import TorchDataset
-from attn_pipeline.datasets.saved_state import ResultCache
-from attn_pipeline.datasets.torch_dataset import WriteError
+from attn_pipeline.data.saved_state import ResultCache
+from attn_pipeline.data.torch_files import TorchDataset, WriteError
 
 #: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ one-thread processes here, or a cluster (``--scheduler``), whose machines share 
 but the MLflow tracking server. This command owns the study's runs:
 
 1. the study's run is made; a cell with a complete run of its key (FINISHED, with its
-   summary and hashes; :func:`attn_pipeline.study.cell_key`), from any study, is reused;
+   summary and hashes; :func:`attn_pipeline.spec.cells.cell_key`), from any study, is reused;
 2. each other cell runs on a worker as ``kedro run --pipelines study --namespaces
    study.<entry>_seed<n>`` after the shared step (data split, feature extractor) has run
    once in the worker's folder. The worker makes the cell's run before the process starts
@@ -45,14 +45,14 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from attn_pipeline.config import ConfigError, StudyConfig, TrainConfig
-from attn_pipeline.datasets.study_cells import REUSED_CELL_TAG_PREFIX, SUMMARY_ARTIFACT
-from attn_pipeline.pipeline_registry import STUDY_PIPELINE
-from attn_pipeline.study import CELL_KEY_TAG, cell_key, study_cells
+from attn_pipeline.pipelines import STUDY_PIPELINE
+from attn_pipeline.spec.cells import CELL_KEY_TAG, cell_key, study_cells
+from attn_pipeline.spec.config import ConfigError, StudyConfig, TrainConfig
+from attn_pipeline.study.tracked_cells import REUSED_CELL_TAG_PREFIX, SUMMARY_ARTIFACT
 from attn_pipeline.tracking.runs import GIVEN_RUN, mark_orphaned_runs_killed, owner_tags
 from attn_pipeline.tracking.store import sqlite_path
 
-logger = logging.getLogger("attn_pipeline.study")
+logger = logging.getLogger("attn_pipeline.spec.cells")
 
 #: Processes per GPU where ``study.workers`` is auto (not an optimum: docs/performance.md).
 WORKERS_PER_GPU = 8

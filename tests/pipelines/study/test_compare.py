@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from attn_pipeline.config import StudyConfig
-from attn_pipeline.metric_table import METRICS
-from attn_pipeline.pipelines.compare.nodes import (
+from attn_pipeline.pipelines.study.nodes import (
     compare_entries,
     compare_study_cells,
     summarise_run,
 )
-from attn_pipeline.pipelines.compare.statistics import holm
+from attn_pipeline.pipelines.study.statistics import holm
+from attn_pipeline.spec.config import StudyConfig
+from attn_pipeline.spec.metric_table import METRICS
 
 
 def _row(

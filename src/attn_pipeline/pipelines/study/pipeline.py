@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import data_prep, evaluate, generate, train
-from attn_pipeline.study import cell_namespace, run_name
+from attn_pipeline.spec.cells import cell_namespace, run_name
 
 from .nodes import compare_study_cells, summarise_cell
 

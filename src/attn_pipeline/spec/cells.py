@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import attn_pipeline
-from attn_pipeline.datasets.saved_state import configuration_key
-from attn_pipeline.fingerprints import source_fingerprint
+from attn_pipeline.data.fingerprints import source_fingerprint
+from attn_pipeline.data.saved_state import configuration_key
 
 #: The MLflow tag holding a study cell's key (:func:`cell_key`).
 CELL_KEY_TAG = "attn_pipeline.cell_key"

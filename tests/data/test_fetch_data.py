@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from attn_pipeline import fetch_data
-from attn_pipeline.datasets import IDXDataset
-from attn_pipeline.datasets.idx_dataset import IDXFormatError
-from attn_pipeline.fetch_data import DataSource, FetchError, RawFile, fetch
+from attn_pipeline.data import fetch as fetch_data
+from attn_pipeline.data.fetch import DataSource, FetchError, RawFile, fetch
+from attn_pipeline.data.idx import IDXDataset, IDXFormatError
 from tests.conftest import RAW_NAMES, write_raw_dataset
 
 

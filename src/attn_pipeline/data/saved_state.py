@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
-from .torch_dataset import write_atomically
+from attn_pipeline.data.torch_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class TrainingCheckpointsDataset(_HandleDataset):
     Example catalog entry::
 
         "{entry}.training_checkpoints":
-          type: attn_pipeline.datasets.TrainingCheckpointsDataset
+          type: attn_pipeline.data.TrainingCheckpointsDataset
           path: data/06_models/{entry}/training
     """
 
@@ -169,7 +169,7 @@ class ResultCacheDataset(_HandleDataset):
     Example catalog entry::
 
         "{entry}.evaluation_cache":
-          type: attn_pipeline.datasets.ResultCacheDataset
+          type: attn_pipeline.data.ResultCacheDataset
           path: data/07_model_output/{entry}/evaluations
     """
 

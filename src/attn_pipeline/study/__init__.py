@@ -1,0 +1,2 @@
+"""The study: ``attn-study`` runs each (entry, seed) cell as its own ``kedro run`` on Dask
+(:mod:`.runner`); :mod:`.tracked_cells` reads finished cells back from MLflow."""
