@@ -26,6 +26,7 @@ from attn_pipeline.spec.config import (
     TrainConfig,
     check_values,
 )
+from attn_pipeline.spec.parameters import ENVIRONMENT_FILE
 from attn_pipeline.tracking.runs import GIVEN_RUN
 from attn_pipeline.tracking.store import ProjectRunLock, output_groups
 from attn_pipeline.training.loop import resolve_device
@@ -52,7 +53,7 @@ def _file_keys(folder: Path) -> dict[Path, set[str]]:
     (none where it is not a folder: a packaged project's tarball)."""
     return {
         path: set(yaml.safe_load(path.read_text()) or {})
-        for path in sorted(folder.glob("parameters*.yml"))
+        for path in sorted([*folder.glob("parameters*.yml"), *folder.glob(ENVIRONMENT_FILE)])
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from attn_pipeline.pipeline_registry import pipeline_plan
@@ -61,14 +62,36 @@ def test_unknown_champion_metric_lists_the_known_ones() -> None:
 BLOCKS = {name: config for name, config in TYPED_BLOCKS.items() if name != "study"}
 
 
-@pytest.mark.parametrize("block", sorted(BLOCKS))
-def test_code_defaults_and_the_base_parameters_files_agree(block: str) -> None:
-    """One truth: every key of a block is in conf/base with the code's default value, so a
-    partial override can never fall back to a different default."""
-    base = load_parameters(PROJECT_ROOT / "conf", env="base")[block]
-    defaults = BLOCKS[block]().model_dump(mode="json")
-    assert set(base) == set(defaults)
-    assert BLOCKS[block].model_validate(base).model_dump(mode="json") == defaults
+ENVIRONMENTS = sorted(p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir())
+
+
+def _restated_defaults(values: dict, config: type, where: str) -> list[str]:
+    defaults = config().model_dump(mode="json")
+    typed = config.model_validate(values).model_dump(mode="json")
+    # a block's variant names what it is, whatever ModelConfig's default
+    return [f"{where}.{k}" for k in values if typed[k] == defaults[k] and k != "variant"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_no_parameters_file_restates_a_default(env: str) -> None:
+    """One source per value: a default lives in spec/config.py beside its description, and
+    a parameters file (base, or an environment over base) states only what differs."""
+    folder = PROJECT_ROOT / "conf" / env
+    raw = {}
+    for path in [*folder.glob("parameters*.yml"), *folder.glob("environment.yml")]:
+        raw |= yaml.safe_load(path.read_text()) or {}
+    restated = []
+    for name, values in raw.items():
+        if name in BLOCKS:
+            restated += _restated_defaults(values, BLOCKS[name], f"{env}: {name}")
+        elif isinstance(values, dict) and "model" in values:
+            restated += _restated_defaults(values["model"], ModelConfig, f"{env}: {name}.model")
+    assert not restated, f"these restate the code's default: {restated}"
+
+
+def test_every_typed_block_is_in_base_so_nodes_can_read_it() -> None:
+    base = load_parameters(PROJECT_ROOT / "conf", env="base")
+    assert set(TYPED_BLOCKS) <= set(base)
 
 
 def test_an_old_parameter_name_is_refused_naming_the_new_one() -> None:

@@ -10,7 +10,6 @@ datasets load as handles their node reads and writes through, the way
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,19 +19,10 @@ from typing import Any
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
+from attn_pipeline.data.fingerprints import result_key
 from attn_pipeline.data.torch_files import write_atomically
 
 logger = logging.getLogger(__name__)
-
-#: Completes a training configuration's description; raise it when the layout of the
-#: saved state changes, so that old states are never read as new ones.
-STATE_FORMAT = 1
-
-
-def configuration_key(description: dict[str, Any]) -> str:
-    """A short stable hash of ``description`` (plain JSON values): the folder's name."""
-    canonical = json.dumps({"format": STATE_FORMAT, **description}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class TrainingCheckpoints:
@@ -100,7 +90,7 @@ class CheckpointFolders:
 
     def for_configuration(self, description: dict[str, Any]) -> TrainingCheckpoints:
         """The folder of the configuration ``description`` (plain JSON values) names."""
-        return TrainingCheckpoints(self.root / configuration_key(description), description)
+        return TrainingCheckpoints(self.root / result_key(description), description)
 
 
 class _HandleDataset(AbstractDataset[None, Any]):
@@ -143,7 +133,7 @@ class ResultCache:
         self.folder = folder
 
     def _path(self, description: dict[str, Any]) -> Path:
-        return self.folder / f"{configuration_key(description)}.json"
+        return self.folder / f"{result_key(description)}.json"
 
     def get(self, description: dict[str, Any]) -> dict[str, Any] | None:
         """The result stored for ``description``, or ``None``."""

@@ -251,7 +251,7 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
     """Build the VAE a :class:`ModelConfig` describes for images of ``image_shape``
     ``(C, H, W)`` (the data set's), weights freshly initialised."""
     spec = variant_spec(config.variant)
-    d, r = config.latent_dim, config.attention_resolution
+    d, r = config.latent_dim, config.attention_side(image_shape[-1])
     if spec.spatial_map == "position":
         return _build_where(config, image_shape)
     latent_attention = LatentSoftmaxAttention(d) if spec.latent_attention else None
@@ -298,7 +298,7 @@ def _build_where(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
         block_name=None,
         attention_resolution=None,  # nothing attends inside the decoder
     )
-    position_map = PositionMap(centres, canvas, config.attention_resolution)
+    position_map = PositionMap(centres, canvas, config.attention_side(canvas))
     generator = Generator(
         decoder, spatial_map=position_map, placement=GlyphPlacement(position_map, canvas)
     )

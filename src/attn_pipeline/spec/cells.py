@@ -8,19 +8,18 @@ finished before (in an earlier study, on any machine) and not run it again.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import attn_pipeline
-from attn_pipeline.data.fingerprints import source_fingerprint
-from attn_pipeline.data.saved_state import configuration_key
+from attn_pipeline.data.fingerprints import result_description, result_key
+from attn_pipeline.spec.config import TYPED_BLOCKS, ModelConfig
 
 #: The MLflow tag holding a study cell's key (:func:`cell_key`).
 CELL_KEY_TAG = "attn_pipeline.cell_key"
-#: The parameter blocks every cell's figures depend on (beside its entry's model block).
-SHARED_BLOCKS = ("dataset", "data_prep", "feature_extractor", "train", "evaluate", "generate")
+#: The typed blocks every cell's figures depend on (beside the data set and its entry's model).
+SHARED_BLOCKS = ("data_prep", "feature_extractor", "train", "evaluate", "generate")
 
 _NAMESPACE = re.compile(r"^study\.(?P<entry>.+)_seed(?P<seed>\d+)$")
 
@@ -47,12 +46,6 @@ def parse_cell_namespace(namespace: str) -> tuple[str, int] | None:
     return None if match is None else (match["entry"], int(match["seed"]))
 
 
-@functools.cache
-def _code_fingerprint() -> str:
-    """The package's source hash, read once per process (every cell's key holds it)."""
-    return source_fingerprint(attn_pipeline)
-
-
 def cell_key(params: dict[str, Any], entry: str, seed: int) -> str:
     """A hash of what the cell's figures depend on: the project's code, the data set and
     its preparation, the extractor's settings, the entry's model, the budget at this seed
@@ -62,12 +55,15 @@ def cell_key(params: dict[str, Any], entry: str, seed: int) -> str:
     code and configuration give a cell the same key; the content hashes of the data and
     extractor a cell actually used are recorded on its run and checked by the comparison.
     """
-    train = {k: v for k, v in dict(params.get("train") or {}).items() if k != "resume"}
-    description = {
-        "entry": entry,
-        "code": _code_fingerprint(),
-        **{block: params.get(block) for block in SHARED_BLOCKS},
-        "train": {**train, "seed": seed},
-        "model": (params.get(entry) or {}).get("model"),
-    }
-    return configuration_key(description)
+    typed = {b: TYPED_BLOCKS[b].model_validate(params.get(b) or {}) for b in SHARED_BLOCKS}
+    train = typed.pop("train").model_dump(mode="json", exclude={"resume"})
+    return result_key(
+        result_description(
+            (attn_pipeline,),
+            entry=entry,
+            dataset=params.get("dataset"),
+            **typed,
+            train={**train, "seed": seed},
+            model=ModelConfig.model_validate((params.get(entry) or {}).get("model") or {}),
+        )
+    )

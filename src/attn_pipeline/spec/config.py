@@ -7,14 +7,16 @@ with pydantic's message naming the key and what is allowed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import click
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,6 +28,8 @@ from attn_pipeline.spec.variants import VARIANTS, variant_spec
 #: Arithmetic of a training's forward pass (:mod:`attn_pipeline.training.precision`).
 Precision = Literal["auto", "fp32", "bf16"]
 Backbone = Literal["conv", "mlp"]
+#: A side stated relative to the image's, so that one setting fits every canvas.
+RelativeSide = Literal["half", "quarter"]
 
 
 class ConfigError(click.ClickException, ValueError):
@@ -102,10 +106,11 @@ class ModelConfig(_Config):
     conv_channels: tuple[PositiveInt, PositiveInt] = Field(
         (32, 64), description="conv backbone: channels at 14x14 and at 7x7"
     )
-    attention_resolution: PositiveInt = Field(
-        14,
-        description="side of the decoder feature map the attention works on: with the conv "
-        "backbone a quarter or a half of the image side (28x28 images: 7 or 14)",
+    attention_resolution: PositiveInt | RelativeSide = Field(
+        "half",
+        description="side of the map the attention works on, relative to the image's: the "
+        "conv backbone's feature maps are at a half and a quarter of it (28x28 images: 14 "
+        "and 7); a number of cells is taken as it is",
     )
     attention_loss_weight: float = Field(
         0.0, ge=0, description="weight of the attention loss (variants with a spatial map)"
@@ -125,6 +130,12 @@ class ModelConfig(_Config):
         description="what the attention loss ties the map to: the per-pixel reconstruction "
         "error (the blog post's loss) or the image's ink (pixel intensity) distribution",
     )
+
+    def attention_side(self, image_side: int) -> int:
+        """:attr:`attention_resolution` in cells, for images ``image_side`` pixels a side."""
+        if isinstance(self.attention_resolution, int):
+            return self.attention_resolution
+        return image_side // (2 if self.attention_resolution == "half" else 4)
 
     @field_validator("variant")
     @classmethod
@@ -243,25 +254,41 @@ class FeatureExtractorConfig(_Config):
     )
 
 
+#: A position along the image's side: pixels, or a share of the side (``"50%"``), so that one
+#: setting fits every canvas.
+Position = NonNegativeInt | Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?%$")]
+
+
+def _pixels(position: int | str, image_size: int) -> int:
+    if isinstance(position, int):
+        return position
+    return round(float(position.removesuffix("%")) / 100 * image_size)
+
+
 class ScaleRectangleEdit(_Config):
-    """Multiply the attention inside a pixel rectangle ``[top, bottom) x [left, right)``
-    (inside the image: checked against the data set's image size when it is applied)."""
+    """Multiply the attention inside the rectangle rows ``[top, bottom)`` x columns
+    ``[left, right)``, each in pixels or as a share of the image's side (the default: the
+    top half). Checked against the data set's image size when it is applied."""
 
     kind: Literal["scale_rectangle"] = "scale_rectangle"
-    top: int = Field(0, ge=0)
-    bottom: int = Field(14, ge=0)
-    left: int = Field(0, ge=0)
-    right: int = Field(28, ge=0)
-    factor: float = Field(8.0, ge=0)
+    top: Position = 0
+    bottom: Position = "50%"
+    left: Position = 0
+    right: Position = "100%"
+    factor: float = Field(8.0, ge=0, description="what the map's weight inside is multiplied by")
 
-    @model_validator(mode="after")
-    def _non_empty(self) -> ScaleRectangleEdit:
-        if self.bottom <= self.top or self.right <= self.left:
-            raise ValueError(
-                f"empty rectangle rows [{self.top}, {self.bottom}) x cols "
-                f"[{self.left}, {self.right}): need top < bottom and left < right"
+    def pixels(self, image_size: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) in pixels of ``image_size`` square images."""
+        top, bottom, left, right = (
+            _pixels(p, image_size) for p in (self.top, self.bottom, self.left, self.right)
+        )
+        if bottom <= top or right <= left:
+            raise ConfigError(
+                f"generate.steering's rectangle rows [{top}, {bottom}) x cols [{left}, {right}) "
+                f"of the {image_size}x{image_size} images is empty: need top < bottom and "
+                "left < right"
             )
-        return self
+        return top, bottom, left, right
 
 
 class ReplaceMapEdit(_Config):
@@ -381,7 +408,7 @@ TYPED_BLOCKS: dict[str, type[_Config]] = {
     "study": StudyConfig,
 }
 #: The top-level parameters besides the entries (each a block with a ``model``).
-PARAMETER_BLOCKS = ("dataset", "entries", *TYPED_BLOCKS)
+PARAMETER_BLOCKS = ("dataset", "raw_data", "entries", *TYPED_BLOCKS)
 
 
 def check_values(params: dict[str, Any]) -> None:

@@ -17,6 +17,9 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.project import settings
 from omegaconf.resolvers import oc
 
+#: An environment's one file (conf/<environment>/): what it changes, globals and parameters.
+ENVIRONMENT_FILE = "environment.yml"
+
 #: The configuration loader's settings (settings.py hands them to Kedro's sessions).
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -26,8 +29,14 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
     # Lets mlflow.yml read MLFLOW_TRACKING_URI (Kedro allows oc.env only in credentials).
     "custom_resolvers": {"oc.env": oc.env},
-    # kedro-mlflow adds this pattern itself, but only after the project's hooks have run.
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
+    "config_patterns": {
+        # kedro-mlflow adds this pattern itself, but only after the project's hooks have run
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+        # an environment is one file, environment.yml: its globals (the data set's names)
+        # and its parameters, merged into base's blocks
+        "globals": ["globals.yml", ENVIRONMENT_FILE],
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*", ENVIRONMENT_FILE],
+    },
 }
 
 #: The parameters of the run under way, once its context exists.

@@ -17,8 +17,7 @@ from attn_pipeline.data import binarization
 from attn_pipeline.data.binarization import evaluation_images, is_binarized
 from attn_pipeline.data.fingerprints import (
     combined_fingerprint,
-    source_fingerprint,
-    state_fingerprint,
+    result_description,
     tensor_fingerprint,
 )
 from attn_pipeline.data.saved_state import ResultCache
@@ -128,15 +127,15 @@ def evaluation_description(
 ) -> dict[str, Any]:
     """Everything an evaluation's figures depend on: the weights, the test images, the
     extractor, the settings and the code that measures."""
-    return {
-        "code": source_fingerprint(metrics_package, models, binarization, sys.modules[__name__]),
-        "model": checkpoint["model_config"],
-        "weights": state_fingerprint(checkpoint["state_dict"]),
-        "test_images": tensor_fingerprint(test_set["images"]),
-        "binarized": is_binarized(test_set),
-        "feature_extractor_hash": feature_extractor["hash"],
-        "evaluate": config.model_dump(mode="json"),
-    }
+    return result_description(
+        (metrics_package, models, binarization, sys.modules[__name__]),
+        model=checkpoint["model_config"],
+        weights=checkpoint["state_dict"],
+        test_images=test_set["images"],
+        binarized=is_binarized(test_set),
+        feature_extractor_hash=feature_extractor["hash"],
+        evaluate=config,
+    )
 
 
 def evaluate_model(

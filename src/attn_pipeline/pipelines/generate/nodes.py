@@ -148,17 +148,18 @@ def steering_edit(config: GenerateConfig, image_size: int) -> AttentionEdit:
     images; a rectangle reaching outside them is refused, naming the bounds."""
     edit = config.steering
     if isinstance(edit, ScaleRectangleEdit):
-        if max(edit.bottom, edit.right) > image_size:
+        top, bottom, left, right = edit.pixels(image_size)
+        if max(bottom, right) > image_size:
             raise ConfigError(
-                f"generate.steering's rectangle rows [{edit.top}, {edit.bottom}) x cols "
-                f"[{edit.left}, {edit.right}) reaches outside the {image_size}x{image_size} "
-                f"images: keep bottom and right at most {image_size}"
+                f"generate.steering's rectangle rows [{top}, {bottom}) x cols "
+                f"[{left}, {right}) reaches outside the {image_size}x{image_size} "
+                f"images: keep bottom and right at most {image_size} (or 100%)"
             )
         return ScaleRectangle(
-            top=edit.top,
-            bottom=edit.bottom,
-            left=edit.left,
-            right=edit.right,
+            top=top,
+            bottom=bottom,
+            left=left,
+            right=right,
             factor=edit.factor,
             image_size=image_size,
         )

@@ -12,7 +12,9 @@ import torch
 from attn_pipeline import models, training
 from attn_pipeline.data import binarization
 from attn_pipeline.data.binarization import evaluation_images, is_binarized
-from attn_pipeline.data.fingerprints import source_fingerprint, tensor_fingerprint
+from attn_pipeline.data.fingerprints import (
+    result_description,
+)
 from attn_pipeline.data.saved_state import CheckpointFolders
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.models.checkpoint import DATASET
@@ -32,14 +34,14 @@ def training_description(
     """Everything the trained weights and the logged history depend on, the code that
     trains included: the key of the folder its epochs are saved in (``train.resume``
     itself decides nothing of it)."""
-    return {
-        "code": source_fingerprint(models, training, binarization),
-        "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json", exclude={"resume"}),
-        "train_images": tensor_fingerprint(train_set["images"]),
-        "val_images": tensor_fingerprint(val_set["images"]),
-        "binarized": is_binarized(train_set),
-    }
+    return result_description(
+        (models, training, binarization),
+        model=model_config,
+        train=train_config.model_dump(mode="json", exclude={"resume"}),
+        train_images=train_set["images"],
+        val_images=val_set["images"],
+        binarized=is_binarized(train_set),
+    )
 
 
 def train_model(
