@@ -79,9 +79,9 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
 
     The same parameters (state-dict compatible) and the same function, to float rounding;
     ``(B, C_in, H, W) -> (B, C_out, 2H, 2W)``. With few output channels (the decoder's
-    last layer: 32 -> 1) oneDNN's transposed convolution is poorly vectorised: this form
-    decodes about 4x faster on a 2-core CPU and trains about 1.5x faster, which matters
-    for the importance-weighted NLL's K decodes per test image.
+    last layer: 32 -> 1) oneDNN's transposed convolution is poorly vectorised, and this form
+    is several times faster on a CPU (docs/performance.md), which matters for the
+    importance-weighted NLL's K decodes per test image.
     """
 
     # Output phase a (row or column parity) at window offset u-1 reads kernel tap

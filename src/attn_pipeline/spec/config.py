@@ -30,6 +30,11 @@ Precision = Literal["auto", "fp32", "bf16"]
 Backbone = Literal["conv", "mlp"]
 #: A side stated relative to the image's, so that one setting fits every canvas.
 RelativeSide = Literal["half", "quarter"]
+#: Where a step runs.
+Device = Annotated[
+    Literal["auto", "cpu", "cuda", "mps"],
+    Field(description="auto: CUDA where there is one, else the CPU"),
+]
 
 
 class ConfigError(click.ClickException, ValueError):
@@ -100,8 +105,8 @@ class ModelConfig(_Config):
     set's (the training split's), not a setting: see :func:`attn_pipeline.models.build_vae`."""
 
     variant: str = Field("none", description="a name of attn_pipeline.spec.variants.VARIANTS")
-    backbone: Backbone = "conv"
-    latent_dim: PositiveInt = 20
+    backbone: Backbone = Field("conv", description="conv, or mlp (784-400-z)")
+    latent_dim: PositiveInt = Field(20, description="dimensions of the latent code z")
     hidden_dim: PositiveInt = Field(400, description="MLP backbone: width of the hidden layer")
     conv_channels: tuple[PositiveInt, PositiveInt] = Field(
         (32, 64), description="conv backbone: channels at 14x14 and at 7x7"
@@ -174,13 +179,18 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     """The optimisation budget, shared by every variant (``params:train``)."""
 
-    epochs: PositiveInt = 8
+    epochs: PositiveInt = Field(8, description="the budget every entry trains for")
     batch_size: PositiveInt = 128
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's step size")
     beta: float = Field(1.0, ge=0, description="weight of the KL term")
-    kl_warmup_epochs: int = Field(2, ge=0, description="epochs over which beta ramps up from 0")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    kl_warmup_epochs: int = Field(
+        2,
+        ge=0,
+        description="epochs over which beta ramps up linearly from 0: without it a decoder "
+        "can learn to ignore z in the first epoch (posterior collapse)",
+    )
+    seed: int = Field(0, description="seed of the weights and the batches (a study sets it)")
+    device: Device = "auto"
     precision: Precision = Field(
         "fp32",
         description="arithmetic of the forward pass: fp32, bf16 (autocast; weights, optimizer "
@@ -206,21 +216,27 @@ class EvaluateConfig(_Config):
     """Test-set evaluation (``params:evaluate``)."""
 
     batch_size: PositiveInt = 500
-    seed: int = Field(0, description="seed of the latent samples drawn for the ELBO")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = Field(0, description="seed of the posterior and prior samples the metrics draw")
+    device: Device = "auto"
     n_samples: int = Field(
         10000, ge=4, description="N: model samples (and test images) the FID-proxy compares"
     )
-    nll_samples: PositiveInt = Field(100, description="K: importance samples per image")
+    nll_samples: PositiveInt = Field(
+        100, description="K: importance samples per image (1000+ for final figures)"
+    )
     nll_images: PositiveInt | None = Field(
-        2000, description="test images the IW NLL averages over (a seeded subset; None: all)"
+        2000,
+        description="test images the IW NLL averages over (a seeded subset, the same for "
+        "every entry; null: all): K decodes per image make it the slowest metric",
     )
     steer_samples: PositiveInt = Field(
         1000, description="prior samples the steering benchmark edits (variants with a map)"
     )
-    kid_subsets: PositiveInt = 100
-    kid_subset_size: int = Field(1000, ge=2)
-    precision_recall_k: PositiveInt = 3
+    kid_subsets: PositiveInt = Field(100, description="the KID-proxy's random subsets")
+    kid_subset_size: int = Field(1000, ge=2, description="images in each KID subset")
+    precision_recall_k: PositiveInt = Field(
+        3, description="k of the k-nearest-neighbour balls of precision and recall"
+    )
 
 
 #: How the extractor's last feature map becomes its feature layer's input.
@@ -233,14 +249,19 @@ class FeatureExtractorConfig(_Config):
     epochs: PositiveInt = 4
     batch_size: PositiveInt = 128
     learning_rate: float = Field(1e-3, gt=0)
-    feature_dim: int = Field(128, ge=16, le=512, description="width of the compared features")
+    feature_dim: int = Field(
+        128,
+        ge=16,
+        le=512,
+        description="width of the compared features: the Fréchet distance's bias grows with it",
+    )
     pooling: ExtractorPooling = Field(
         "flatten",
         description="flatten: a dense layer over every position; global_max: the maximum "
         "over positions (the same glyph anywhere gives the same features)",
     )
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     min_test_accuracy: float = Field(
         0.99, ge=0, le=1, description="warn when the trained extractor scores below this"
     )
@@ -312,14 +333,23 @@ class ReplaceMapEdit(_Config):
 class GenerateConfig(_Config):
     """Image grids rendered for every variant (``params:generate``)."""
 
-    n_samples: PositiveInt = 64
-    n_reconstructions: PositiveInt = 16
-    n_interpolations: PositiveInt = 6
+    n_samples: PositiveInt = Field(64, description="prior samples, 8 per row")
+    n_reconstructions: PositiveInt = Field(
+        16, description="test images above their reconstructions"
+    )
+    n_interpolations: PositiveInt = Field(6, description="rows of the interpolation strip")
     interpolation_steps: int = Field(10, ge=2)
-    n_attention_examples: PositiveInt = 8
-    n_steered: PositiveInt = 8
+    n_attention_examples: PositiveInt = Field(
+        8, description="test images shown beside their attention maps"
+    )
+    n_steered: PositiveInt = Field(
+        8, description="prior samples shown under every steering edit (steering.png)"
+    )
     steering: ScaleRectangleEdit | ReplaceMapEdit = Field(
-        default_factory=ScaleRectangleEdit, discriminator="kind"
+        default_factory=ScaleRectangleEdit,
+        discriminator="kind",
+        description="the attention edit of variants with a spatial map: a rectangle scaled "
+        "(default: the top half, x8) or {kind: replace, values: [[0, 1], [0, 0]]}, any grid",
     )
     seed: int = 0
 

@@ -3,11 +3,10 @@ kernel after every step.
 
 glibc's malloc serves large blocks (a batch's activations, a distance matrix) with fresh
 ``mmap`` pages and unmaps them when freed, so every training step and evaluation batch
-faults its buffers in again, page by page, in the kernel: measured on a 2-core AMD EPYC, two
-bf16 training processes spent about 10% of their time there (and up to 40% of the machine
-in system time inside a study), and the importance-weighted NLL about a fifth of its time.
-Raising the thresholds below keeps those pages mapped for reuse; the arithmetic is
-unchanged. PyTorch's own CPU allocator has no cache to turn on instead.
+faults its buffers in again, page by page, in the kernel (docs/performance.md has the
+share of time that costs). Raising the thresholds below keeps those pages mapped for
+reuse; the arithmetic is unchanged. PyTorch's own CPU allocator has no cache to turn on
+instead.
 """
 
 from __future__ import annotations

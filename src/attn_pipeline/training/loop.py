@@ -217,14 +217,14 @@ def fit(
     config.check_fits(len(train_images))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    # channels_last lets oneDNN pick faster convolution kernels: about 20% less time per
-    # epoch for the conv backbone on a 2-core CPU; a no-op for the MLP's 2-d weights.
+    # channels_last lets oneDNN pick faster convolution kernels (docs/performance.md); a
+    # no-op for the MLP's 2-d weights.
     model.to(device, memory_format=torch.channels_last)
     train_images = train_images.to(device).contiguous(memory_format=torch.channels_last)
     if val_images is not None and len(val_images) == 0:
         val_images = None
-    # the fused kernel updates every parameter in one pass: about 5% less time per step
-    # on a 2-core CPU than the default multi-tensor Adam (the same update rule)
+    # the fused kernel updates every parameter in one pass instead of one kernel per
+    # tensor (the same update rule as the default Adam)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, fused=device.type in ("cpu", "cuda")
     )

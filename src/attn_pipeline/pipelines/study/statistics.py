@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from attn_pipeline.spec.metric_table import HEADLINE_METRICS, METRICS
 
@@ -18,6 +17,8 @@ def paired_test(differences: np.ndarray, level: float = 0.95) -> tuple[float, fl
     n = len(differences)
     if n < 2:
         return math.nan, math.nan
+    from scipy import stats  # noqa: PLC0415 (scipy.stats costs every kedro command 1.5 s)
+
     sem = differences.std(ddof=1) / math.sqrt(n)
     half_width = float(stats.t.ppf(0.5 + level / 2, df=n - 1) * sem)
     mean = float(differences.mean())
