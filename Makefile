@@ -3,7 +3,7 @@
 #   make run                      fetch MNIST (download), then `kedro run`
 #   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
 #   make test                     the test suite (tests make their own tiny data)
-#   make test-fast                its unit tier alone (pytest -m "not slow")
+#   make test-fast                its unit tier alone (pytest -m "not pipeline and not process")
 #   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
 #   make steer ENTRY=where DATASET=translated_mnist   the page to steer a model by hand
 #   make docs / make docs-build   the documentation site: served, or built as CI does
@@ -64,7 +64,7 @@ browser:
 
 # The unit tier: no real processes, stores or trainings (about a minute).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not pipeline and not process"
 
 # The documentation site (mkdocs-material): served with live reload, or built into site/
 # with --strict (a broken link, a missing page or a missing included file fails).

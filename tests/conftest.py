@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from attn_pipeline.data.idx import encode_idx
 
@@ -116,14 +118,19 @@ def raw_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def project_copy(root: Path) -> Path:
-    """A project folder at ``root`` for a real `kedro run`: this project's conf (without
-    conf/local) and tiny raw MNIST-like data; the package is this environment's."""
+def project_copy(
+    root: Path, parameters: dict | None = None, n_train: int = 120, n_test: int = 20
+) -> Path:
+    """A project folder at ``root`` as a fresh clone has it after the fetch: this project's
+    conf (conf/local holding ``parameters``, if any) and tiny raw MNIST-like data of
+    ``n_train`` and ``n_test`` images; the package is this environment's."""
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
+    if parameters:
+        (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(parameters))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()
-    write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=120, n_test=20)
+    write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=n_train, n_test=n_test)
     return root
 
 
@@ -139,3 +146,36 @@ def chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+#: What each tier may do. A unit test (no marker) starts no process and makes no Kedro
+#: session; `pipeline` tests run pipelines in this process; `process` tests start processes.
+#: ``git`` (a run's commit tag asks it) and a small disk's ``mount`` are every tier's.
+ALLOWED_PROGRAMS = {"git", "mount", "umount"}
+
+
+@pytest.fixture(autouse=True)
+def _tier_matches_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Fail a test that does more than its marker says, so that `make test-fast` (the unit
+    tier) stays fast and the markers stay true."""
+    markers = {marker.name for marker in request.node.iter_markers()}
+    if "process" in markers:
+        yield
+        return
+    start = subprocess.Popen.__init__
+
+    def refused(self, args, *rest, **kwargs):  # noqa: ANN001 (Popen's own signature)
+        program = args[0] if isinstance(args, list | tuple) else str(args).split()[0]
+        if Path(str(program)).name not in ALLOWED_PROGRAMS:
+            pytest.fail(f"this test starts a process ({program}): mark it `process`")
+        start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused)
+    if "pipeline" not in markers:
+        from kedro.framework.session import KedroSession  # noqa: PLC0415
+
+        def no_session(*args, **kwargs):
+            pytest.fail("this test makes a Kedro session: mark it `pipeline`")
+
+        monkeypatch.setattr(KedroSession, "create", no_session)
+    yield

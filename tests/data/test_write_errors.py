@@ -13,9 +13,6 @@ import torch
 from attn_pipeline.data.saved_state import ResultCache
 from attn_pipeline.data.torch_files import TorchDataset, WriteError
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

@@ -64,7 +64,7 @@ def test_steering_metrics_names_and_ranges() -> None:
     assert steering_metrics(model, extractor, n=12, seed=0, batch_size=5) == metrics
 
 
-@pytest.mark.slow  # trains on real MNIST
+@pytest.mark.pipeline  # trains on real MNIST
 @pytest.mark.skipif(
     not os.environ.get(ENV_VAR), reason=f"{ENV_VAR} does not name a local MNIST copy"
 )

@@ -41,7 +41,7 @@ def _colour_split(n: int, seed: int) -> dict[str, torch.Tensor | str]:
     return {"images": images, "labels": labels, "dataset": "colour_squares"}
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_a_32x32_colour_data_set_trains_evaluates_and_draws_end_to_end(tmp_path) -> None:
     train, val, test = _colour_split(256, 0), _colour_split(64, 1), _colour_split(96, 2)
     extractor, described = ensure_feature_extractor(

@@ -41,6 +41,7 @@ def test_each_environment_is_one_file(env: str) -> None:
     assert params["train"] == {} and "none" in params  # base's blocks are kept
 
 
+@pytest.mark.pipeline
 def test_a_translated_environment_of_another_data_set_runs_from_one_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

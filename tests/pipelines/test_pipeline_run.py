@@ -23,10 +23,9 @@ from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.spec.config import ConfigError
 from attn_pipeline.tracking.registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
-from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_idx, write_raw_dataset
+from tests.conftest import TINY_RUN, as_cli_params, project_copy, write_idx, write_raw_dataset
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 GENERATION_METRICS = {
     "test/nll_iw",
@@ -44,17 +43,9 @@ GENERATION_METRICS = {
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project's configuration with tiny raw data, run from its own folder."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
     # a small study: two variants (one steerable), two seeds
-    (root / "conf" / "local" / "parameters.yml").write_text(
-        "study:\n  entries: [none, spatial_gate]\n  seeds: [0, 1]\n  baselines: [none]\n"
-    )
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()  # the package itself is imported from the environment
-    write_raw_dataset(root / "data" / "01_raw" / "mnist")
-    return root
+    study = {"entries": ["none", "spatial_gate"], "seeds": [0, 1], "baselines": ["none"]}
+    return project_copy(tmp_path_factory.mktemp("project"), {"study": study}, 240, 60)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +161,7 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
     assert table.splitlines()[0].startswith("variant,neg_elbo")
 
 
+@pytest.mark.process
 def test_registered_champion_loads_in_a_fresh_process_without_project_code(
     default_run: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -358,12 +350,8 @@ def test_a_missing_raw_file_names_the_fetch_command(
 
 
 def _fresh_project(root: Path) -> Path:
-    """A project folder as a fresh clone has it after the fetch: configuration, raw files."""
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    write_raw_dataset(root / "data" / "01_raw" / "mnist")
+    """A project folder as a fresh clone has it after the fetch, with its store's folder."""
+    project_copy(root, n_train=240, n_test=60)
     (root / "mlruns").mkdir()
     return root
 

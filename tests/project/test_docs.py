@@ -17,9 +17,6 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, chromium
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
-
 REFRESH = PROJECT_ROOT / "docs" / "refresh_results.py"
 NAV_LINK = re.compile(r'href="([^"]*)"[^>]*class="md-nav__link')
 
@@ -41,6 +38,7 @@ def _study_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.mark.process  # the docs' own script, as it is run
 def test_the_results_are_the_studys_own_files(tmp_path: Path) -> None:
     study = _study_folder(tmp_path)
     docs, readme = tmp_path / "docs", tmp_path / "README.md"
@@ -86,6 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.process
 def test_every_page_of_the_navigation_opens_in_a_browser(site: Path, tmp_path: Path) -> None:
     browser_path = chromium()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))

@@ -235,7 +235,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.parametrize("block", CHECKED, ids=[block.id for block in CHECKED])
 def test_the_documented_command_works(block: Block, scratch_project: Scratch) -> None:
     for needed in prerequisites(block):

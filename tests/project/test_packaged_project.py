@@ -16,8 +16,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_raw_dataset
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 #: The hash of the reference MNIST extractor shipped inside the package.
 REFERENCE_MNIST_HASH = json.loads(

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get(ENV_VAR), reason=f"{ENV_VAR} does not name a local MNIST copy"
     ),
-    pytest.mark.slow,  # trains on real MNIST: make test-fast leaves it out
+    pytest.mark.pipeline,  # trains on real MNIST: make test-fast leaves it out
 ]
 
 

@@ -46,7 +46,7 @@ def test_the_shipped_extractor_has_the_documented_hash(dataset: str) -> None:
     assert described["hash"] == documented_hash and described["n_test_images"] == 10000
 
 
-@pytest.mark.slow  # the real test sets
+@pytest.mark.pipeline  # the real test sets
 @pytest.mark.parametrize("dataset", sorted(DOCUMENTED))
 def test_the_shipped_extractor_scores_the_documented_accuracy_on_the_real_test_set(
     dataset: str,

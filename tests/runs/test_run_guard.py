@@ -17,8 +17,7 @@ import pytest
 from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock
 from tests.conftest import project_copy
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 

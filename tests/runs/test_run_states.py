@@ -18,8 +18,7 @@ import pytest
 from tests.conftest import project_copy
 from tests.runs.test_run_truth import PAUSE_BETWEEN_NODES
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 LONG_TRAINING = "data_prep.val_size=20,train.epochs=500,train.batch_size=50"

@@ -25,7 +25,7 @@ from attn_pipeline.study.tracked_cells import SUMMARY_ARTIFACT
 from attn_pipeline.tracking import runs
 from attn_pipeline.tracking.registry import REGISTERED_TAG
 from tests.conftest import TINY_RUN, project_copy
-from tests.study.test_study_runner import ENV, _cell_processes, _tiny_project
+from tests.study.test_study_processes import ENV, _cell_processes, _tiny_project
 
 #: What an entry's run holds once all of its nodes have run.
 COMPLETE_ARTIFACTS = {"samples.png", "reconstructions.png", "training_history.csv"}
@@ -61,7 +61,7 @@ def _entry_runs(uri: str) -> list[mlflow.entities.Run]:
     return [r for r in found if "mlflow.parentRunId" in r.data.tags]
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_a_run_interrupted_between_any_two_nodes_is_finished_only_where_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,14 +138,14 @@ def test_a_study_reuses_only_complete_cells(tmp_path: Path, caplog: pytest.LogCa
     cell_run("a", hashes, summary=False)
     cell_run("b", {}, summary=True)
     complete = cell_run("c", hashes, summary=True)
-    with caplog.at_level(logging.WARNING, logger="attn_pipeline.spec.cells"):
+    with caplog.at_level(logging.WARNING, logger="attn_pipeline.study"):
         found = complete_cells(client, experiment, {"x.a": "a", "x.b": "b", "x.c": "c"})
     assert found == {"x.c": complete}
     assert f"lacks {SUMMARY_ARTIFACT}" in caplog.text
     assert "lacks data_hash, feature_extractor_hash" in caplog.text
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
     tmp_path: Path,
 ) -> None:

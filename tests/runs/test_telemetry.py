@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 
+@pytest.mark.process  # kedro-telemetry's check in a clean environment
 def test_kedro_telemetry_is_refused_by_the_project_itself() -> None:
     """Without KEDRO_DISABLE_TELEMETRY / DO_NOT_TRACK: the `.telemetry` file decides."""
     clean = {
@@ -26,7 +27,7 @@ def test_kedro_telemetry_is_refused_by_the_project_itself() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.slow  # a fresh interpreter that imports the whole project
+@pytest.mark.process  # a fresh interpreter that imports the whole project
 def test_mlflow_telemetry_is_off_once_the_project_settings_load() -> None:
     clean = {
         k: v

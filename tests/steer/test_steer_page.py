@@ -69,7 +69,7 @@ print("round trip ok")
 """
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_a_registered_version_loads_as_the_generator_it_was(tmp_path: Path) -> None:
     out = subprocess.run(
         [
@@ -122,7 +122,7 @@ def _message_includes(page, text: str) -> None:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 

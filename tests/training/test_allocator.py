@@ -9,9 +9,6 @@ import pytest
 
 from attn_pipeline.training.allocator import retain_freed_memory
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
-
 #: Page faults of 10 training steps of the conv baseline (after 3 to warm up).
 FAULTS = """
 import resource, sys, torch
@@ -46,6 +43,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout)
 
 
+@pytest.mark.process
 def test_training_steps_reuse_freed_memory() -> None:
     """glibc's defaults fault a step's large buffers in afresh each step (thousands of
     pages); with the thresholds raised, a warmed-up step faults in almost nothing."""
@@ -55,6 +53,7 @@ def test_training_steps_reuse_freed_memory() -> None:
     assert retained * 20 < default, (default, retained)
 
 
+@pytest.mark.process
 def test_every_kedro_command_of_the_project_reuses_freed_memory() -> None:
     """settings.py, which every `kedro` command of the project imports, applies it."""
     probe = (

@@ -23,8 +23,7 @@ from attn_pipeline.spec.config import ModelConfig, TrainConfig
 from attn_pipeline.training.loop import TrainingState, fit
 from tests.conftest import MNIST_SHAPE, project_copy, write_raw_dataset
 
-#: Real processes and stores: `make test-fast` (pytest -m "not slow") leaves these out.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
@@ -180,6 +179,7 @@ def _epoch_3_complete(training: Path) -> bool:
     )
 
 
+@pytest.mark.process
 def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Path) -> None:
     reference = _project(tmp_path / "uninterrupted")
     output = _kedro_train(reference).communicate(timeout=600)[0]

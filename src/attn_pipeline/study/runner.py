@@ -52,7 +52,7 @@ from attn_pipeline.study.tracked_cells import REUSED_CELL_TAG_PREFIX, SUMMARY_AR
 from attn_pipeline.tracking.runs import GIVEN_RUN, mark_orphaned_runs_killed, owner_tags
 from attn_pipeline.tracking.store import sqlite_path
 
-logger = logging.getLogger("attn_pipeline.spec.cells")
+logger = logging.getLogger("attn_pipeline.study")
 
 #: Processes per GPU where ``study.workers`` is auto (not an optimum: docs/performance.md).
 WORKERS_PER_GPU = 8
