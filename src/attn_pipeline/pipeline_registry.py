@@ -92,7 +92,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     (as ``study`` does). Trained models are not remade: ``evaluate`` and ``generate``
     read those of an earlier ``train`` (the run stops first, naming it, when one is missing).
     """
-    plan = pipeline_plan(run_parameters())
+    return build_pipelines(run_parameters())
+
+
+def build_pipelines(params: dict[str, Any]) -> dict[str, Pipeline]:
+    """:func:`register_pipelines` for the parameters ``params``."""
+    plan = pipeline_plan(params)
     entries, study_entries = plan["entries"], plan["study.entries"]
     steerable = plan["steerable"]
     prepared = data_prep.create_pipeline()

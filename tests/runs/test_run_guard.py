@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,13 +21,26 @@ pytestmark = pytest.mark.process
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _start_together(script: str, runs: list[tuple[Path, list[str]]]) -> list[subprocess.Popen]:
-    """Start ``script`` once per (folder, arguments); each waits for a shared start time,
-    its first argument."""
-    start = str(time.time() + 8)  # past every interpreter's import time
-    return [
+#: Put before a script: it says it is ready once its imports are done, then waits for the
+#: file named by its first argument (the starting gun) to exist.
+READY_THEN_WAIT = """
+import sys
+from pathlib import Path
+print("ready", flush=True)
+gun = Path(sys.argv[1])
+while not gun.exists():
+    pass
+"""
+
+
+def _start_together(
+    script: str, runs: list[tuple[Path, list[str]]], gun: Path
+) -> list[subprocess.Popen]:
+    """Start ``script`` once per (folder, arguments) and release them at once, when every
+    one has imported what it needs: however long the imports take, they race."""
+    processes = [
         subprocess.Popen(
-            [sys.executable, "-c", script, start, *args],
+            [sys.executable, "-c", script.replace("#READY", READY_THEN_WAIT), str(gun), *args],
             cwd=cwd,
             env=ENV,
             stdout=subprocess.PIPE,
@@ -37,6 +49,11 @@ def _start_together(script: str, runs: list[tuple[Path, list[str]]]) -> list[sub
         )
         for cwd, args in runs
     ]
+    for process in processes:
+        line = process.stdout.readline()
+        assert line.strip() == "ready", line + process.communicate()[0][-3000:]
+    gun.touch()
+    return processes
 
 
 def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
@@ -45,13 +62,12 @@ def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     script = textwrap.dedent(
         """
-        import sys, time
+        import sys
         from pathlib import Path
         import mlflow
         from attn_pipeline.tracking.store import prepare_tracking_store
-        start, uri, name = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-        while time.time() < start:
-            pass
+        #READY
+        uri, name = sys.argv[2], sys.argv[3]
         prepare_tracking_store(uri, Path.cwd())
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("shared")
@@ -59,7 +75,8 @@ def test_four_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
             mlflow.log_metric("x", 1.0)
         """
     )
-    processes = _start_together(script, [(tmp_path, [uri, f"run{i}"]) for i in range(4)])
+    runs = [(tmp_path, [uri, f"run{i}"]) for i in range(4)]
+    processes = _start_together(script, runs, tmp_path / "go")
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
     client = mlflow.MlflowClient(uri)
@@ -104,10 +121,9 @@ def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
     kedro = str(Path(sys.executable).with_name("kedro"))
     script = textwrap.dedent(
         """
-        import os, subprocess, sys, time
-        start, kedro, uri = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-        while time.time() < start:
-            time.sleep(0.01)
+        import os, subprocess, sys
+        #READY
+        kedro, uri = sys.argv[2], sys.argv[3]
         params = "data_prep.val_size=20,train.epochs=1,train.batch_size=50"
         sys.exit(subprocess.run(
             [kedro, "run", "--pipelines", "data_prep,train", "--params", params],
@@ -115,7 +131,8 @@ def test_four_kedro_runs_start_at_once_on_a_new_store(tmp_path: Path) -> None:
         ).returncode)
         """
     )
-    processes = _start_together(script, [(project, [kedro, uri]) for project in projects])
+    runs = [(project, [kedro, uri]) for project in projects]
+    processes = _start_together(script, runs, tmp_path / "go")
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, [o[-2000:] for o in outputs]
     client = mlflow.MlflowClient(uri)
