@@ -122,3 +122,17 @@ def test_every_page_of_the_navigation_opens_in_a_browser(site: Path, tmp_path: P
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     finally:
         server.shutdown()
+
+
+def test_every_test_file_the_docs_name_exists() -> None:
+    """docs/reliability.md maps each guarantee to its test: a renamed or removed test file
+    must not leave a guarantee pointing at nothing."""
+    pages = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
+    named = {
+        (page.name, path)
+        for page in pages
+        for path in re.findall(r"tests/[\w/]+\.py", page.read_text())
+    }
+    assert named, "no page names a test file"
+    missing = sorted(f"{page}: {p}" for page, p in named if not (PROJECT_ROOT / p).exists())
+    assert not missing, missing

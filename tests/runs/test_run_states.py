@@ -1,7 +1,7 @@
 """Honest MLflow run states: a `kedro run` interrupted (SIGINT, SIGTERM) between two nodes
-or while a model is logged ends its runs KILLED, never FINISHED; runs left RUNNING by a
-SIGKILLed process are marked KILLED by the next run. Real `kedro run` processes on tiny
-data, a real SQLite store."""
+or while a model is logged ends its runs KILLED, never FINISHED (runs left RUNNING by a
+SIGKILLed process: tests/training/test_resume.py). Real `kedro run` processes on tiny data,
+a real SQLite store."""
 
 from __future__ import annotations
 
@@ -152,29 +152,6 @@ def test_an_interrupt_while_the_model_is_logged_ends_every_run_killed(tmp_path: 
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [
         (r.info.run_name, r.info.status) for r in runs
     ]
-
-
-def test_runs_left_running_by_a_killed_process_are_marked_killed_by_the_next_run(
-    tmp_path: Path,
-) -> None:
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    project = project_copy(tmp_path / "project")
-    process = _paused_after_training(tmp_path, project, uri)
-    process.kill()
-    process.wait(timeout=60)
-    orphaned = {r.info.run_id for r in _runs(uri)}
-    assert {r.info.status for r in _runs(uri)} == {"RUNNING"}
-    # a run of another project (no owner tags) that is RUNNING must be left alone
-    client = mlflow.MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
-    foreign = client.create_run(experiment_id).info.run_id
-    quick = _start(project, uri, "data_prep.val_size=20,train.epochs=1,train.batch_size=50")
-    output = quick.communicate(timeout=300)[0]
-    assert quick.returncode == 0, output[-3000:]
-    status = {r.info.run_id: r.info.status for r in _runs(uri)}
-    assert {status[run_id] for run_id in orphaned} == {"KILLED"}
-    assert status[foreign] == "RUNNING"
-    assert {s for run_id, s in status.items() if run_id not in orphaned | {foreign}} == {"FINISHED"}
 
 
 #: Imported first by the run's interpreter: ending a run KILLED takes three seconds, after

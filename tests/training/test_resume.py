@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -179,8 +180,18 @@ def _epoch_3_complete(training: Path) -> bool:
     )
 
 
+def _runs(project: Path) -> dict[str, str]:
+    """run id -> status, of the project's store."""
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist")
+    return {r.info.run_id: r.info.status for r in client.search_runs([experiment.experiment_id])}
+
+
 @pytest.mark.process
 def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Path) -> None:
+    """SIGKILL while epoch 4 trains: the rerun goes on after the last saved epoch and ends
+    with the uninterrupted run's weights, bitwise; it also marks the runs the killed process
+    left RUNNING as KILLED, and leaves alone a RUNNING run that is not the project's."""
     reference = _project(tmp_path / "uninterrupted")
     output = _kedro_train(reference).communicate(timeout=600)[0]
     assert "epoch 6/6" in output, output[-3000:]
@@ -197,6 +208,11 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
     process.wait(timeout=60)
     assert not list(training.glob("*/epoch_006.pt"))  # killed before the end
     assert not (project / "data" / "06_models" / "mnist" / "none" / "model.pt").exists()
+    orphaned = _runs(project)
+    assert set(orphaned.values()) == {"RUNNING"}
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
+    foreign = client.create_run(experiment_id).info.run_id  # no owner tags: not the project's
 
     rerun = _kedro_train(project)
     output = rerun.communicate(timeout=600)[0]
@@ -209,3 +225,7 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
     assert trained == list(range(resumed_after + 1, 7))
     expected, actual = _final_weights(reference), _final_weights(project)
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    status = _runs(project)
+    assert {status[run_id] for run_id in orphaned} == {"KILLED"}
+    assert status[foreign] == "RUNNING"
+    assert {s for r, s in status.items() if r not in {*orphaned, foreign}} == {"FINISHED"}
