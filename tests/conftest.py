@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +121,24 @@ def raw_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@functools.cache
+def migrated_store() -> Path:
+    """An empty MLflow SQLite store with its schema made, made once per test process:
+    making the schema costs seconds, which each project copy would otherwise pay."""
+    import mlflow  # noqa: PLC0415 (only the tests that copy a project need it)
+
+    path = Path(tempfile.mkdtemp(prefix="migrated-store-")) / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 def project_copy(
     root: Path, parameters: dict | None = None, n_train: int = 120, n_test: int = 20
 ) -> Path:
     """A project folder at ``root`` as a fresh clone has it after the fetch: this project's
-    conf (conf/local holding ``parameters``, if any) and tiny raw MNIST-like data of
-    ``n_train`` and ``n_test`` images; the package is this environment's."""
+    conf (conf/local holding ``parameters``, if any), tiny raw MNIST-like data of
+    ``n_train`` and ``n_test`` images and an empty store in mlruns/ (tests of a brand-new
+    store make their own); the package is this environment's."""
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     if parameters:
@@ -131,6 +146,8 @@ def project_copy(
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()
     write_raw_dataset(root / "data" / "01_raw" / "mnist", n_train=n_train, n_test=n_test)
+    (root / "mlruns").mkdir()
+    shutil.copy(migrated_store(), root / "mlruns" / "mlflow.db")
     return root
 
 
@@ -148,10 +165,17 @@ def chromium() -> str:
     return found
 
 
-#: What each tier may do. A unit test (no marker) starts no process and makes no Kedro
-#: session; `pipeline` tests run pipelines in this process; `process` tests start processes.
-#: ``git`` (a run's commit tag asks it) and a small disk's ``mount`` are every tier's.
-ALLOWED_PROGRAMS = {"git", "mount", "umount"}
+#: What each tier may do. A unit test (no marker) starts no process of the stack and makes
+#: no Kedro session; `pipeline` tests run pipelines in this process; `process` tests start
+#: processes: an interpreter, this environment's programs (kedro, attn-study, mlflow, dask)
+#: or a browser. System tools libraries call (git, ldconfig, mount) are every tier's.
+BIN = Path(sys.executable).parent
+
+
+def _of_the_stack(program: str) -> bool:
+    path = Path(shutil.which(program) or program)
+    name = path.name
+    return path.parent == BIN or name.startswith("python") or "chrom" in name
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +190,7 @@ def _tier_matches_marker(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
 
     def refused(self, args, *rest, **kwargs):  # noqa: ANN001 (Popen's own signature)
         program = args[0] if isinstance(args, list | tuple) else str(args).split()[0]
-        if Path(str(program)).name not in ALLOWED_PROGRAMS:
+        if _of_the_stack(str(program)):
             pytest.fail(f"this test starts a process ({program}): mark it `process`")
         start(self, args, *rest, **kwargs)
 

@@ -59,7 +59,6 @@ def test_a_translated_environment_of_another_data_set_runs_from_one_file(
 
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    (project / "mlruns").mkdir()
     bootstrap_project(project)
     runtime = {"data_prep": {**TINY_RUN["data_prep"], "canvas_size": 40}}
     with KedroSession.create(

@@ -350,10 +350,8 @@ def test_a_missing_raw_file_names_the_fetch_command(
 
 
 def _fresh_project(root: Path) -> Path:
-    """A project folder as a fresh clone has it after the fetch, with its store's folder."""
-    project_copy(root, n_train=240, n_test=60)
-    (root / "mlruns").mkdir()
-    return root
+    """A project folder as a fresh clone has it after the fetch."""
+    return project_copy(root, n_train=240, n_test=60)
 
 
 def test_bad_config_stops_the_run_before_any_node(
