@@ -26,7 +26,7 @@ from attn_pipeline.models import build_vae
 from attn_pipeline.models.losses import training_objective, vae_loss_terms
 from attn_pipeline.pipelines.train.pipeline import entry_template
 from attn_pipeline.spec.config import ModelConfig, TrainConfig
-from attn_pipeline.tracking.registry import log_sampler_model
+from attn_pipeline.tracking.model_registry import log_sampler_model
 from benchmarks._data import load_splits
 
 

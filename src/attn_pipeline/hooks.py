@@ -16,6 +16,7 @@ from kedro.framework.project import pipelines as registered_pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
+from attn_pipeline.data.folder_lock import ProjectRunLock, output_groups
 from attn_pipeline.models.checkpoint import DATASET, check_trained_on
 from attn_pipeline.pipeline_registry import use_run_parameters
 from attn_pipeline.pipelines import STUDY_PIPELINE, TRAIN_TAG
@@ -28,7 +29,6 @@ from attn_pipeline.spec.config import (
 )
 from attn_pipeline.spec.parameters import ENVIRONMENT_FILE
 from attn_pipeline.tracking.runs import GIVEN_RUN
-from attn_pipeline.tracking.store import ProjectRunLock, output_groups
 from attn_pipeline.training.loop import resolve_device
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from attn_pipeline.pipelines.study.statistics import EQUAL_SIZE_TOLERANCE, compa
 from attn_pipeline.spec.config import ModelConfig, TrainConfig
 from attn_pipeline.spec.parameters import load_parameters
 from attn_pipeline.spec.variants import VARIANTS as REGISTERED
-from attn_pipeline.spec.variants import VariantSpec, register
+from attn_pipeline.spec.variants import VariantSpec, add_variant
 from attn_pipeline.training.loop import TrainingDivergedError, fit
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
@@ -229,7 +229,7 @@ class HalfGate(nn.Module):
 @pytest.fixture
 def toy_variant():
     """A variant added the documented way only: its module and one registry entry."""
-    spec = register(
+    spec = add_variant(
         VariantSpec("half_gate", "a toy feature block", feature_block=f"{__name__}:HalfGate")
     )
     yield spec

@@ -21,7 +21,7 @@ from kedro.framework.startup import bootstrap_project
 from attn_pipeline.hooks import MissingInputError
 from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.spec.config import ConfigError
-from attn_pipeline.tracking.registry import REGISTERED_TAG
+from attn_pipeline.tracking.model_registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
 from tests.conftest import TINY_RUN, as_cli_params, project_copy, write_idx, write_raw_dataset
 

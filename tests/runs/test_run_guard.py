@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock
+from attn_pipeline.data.folder_lock import ProjectBusyError, ProjectRunLock
 from tests.conftest import project_copy
 
 pytestmark = pytest.mark.process
@@ -92,7 +92,7 @@ def test_a_second_run_in_a_busy_project_folder_is_refused(tmp_path: Path) -> Non
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from attn_pipeline.tracking.store import ProjectRunLock\n"
+            "from attn_pipeline.data.folder_lock import ProjectRunLock\n"
             "lock = ProjectRunLock(Path(sys.argv[1]))\nlock.acquire()\nprint('held', flush=True)\n"
             "time.sleep(120)\n",
             str(tmp_path),

@@ -127,7 +127,7 @@ def test_a_run_interrupted_between_two_nodes_ends_killed(tmp_path: Path, signum:
 #: leaving a file that says it has begun, so that a signal lands inside it.
 SLOW_MODEL_LOGGING = """
 import os, pathlib, time
-import attn_pipeline.tracking.registry as registry
+import attn_pipeline.tracking.model_registry as registry
 _log_sampler_model = registry.log_sampler_model
 def _slow(*args):
     pathlib.Path(os.environ["MODEL_LOGGING_BEGUN"]).touch()

@@ -23,7 +23,7 @@ from attn_pipeline.spec.cells import CELL_KEY_TAG
 from attn_pipeline.study.runner import complete_cells
 from attn_pipeline.study.tracked_cells import SUMMARY_ARTIFACT
 from attn_pipeline.tracking import runs
-from attn_pipeline.tracking.registry import REGISTERED_TAG
+from attn_pipeline.tracking.model_registry import REGISTERED_TAG
 from tests.conftest import TINY_RUN, project_copy
 from tests.study.test_study_processes import ENV, _cell_processes, _tiny_project
 

@@ -41,7 +41,7 @@ import json, sys, mlflow, torch
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.models import ImageSampler, build_vae
 from contextlib import nullcontext
-from attn_pipeline.tracking.registry import register
+from attn_pipeline.tracking.model_registry import register
 from attn_pipeline.steer import load_registered_model
 from attn_pipeline.steer.app import ModelError
 mlflow.set_tracking_uri(sys.argv[1])

@@ -16,13 +16,13 @@ import pytest
 import yaml
 from distributed import LocalCluster
 
+from attn_pipeline.data.folder_lock import ProjectBusyError, ProjectRunLock, output_groups
 from attn_pipeline.spec.cells import CELL_KEY_TAG, study_cells
 from attn_pipeline.spec.config import StudyConfig
 from attn_pipeline.study import runner
 from attn_pipeline.study.runner import parse_entries, parse_seeds, plan_workers
 from attn_pipeline.study.tracked_cells import SUMMARY_ARTIFACT
 from attn_pipeline.tracking.runs import GIVEN_RUN
-from attn_pipeline.tracking.store import ProjectBusyError, ProjectRunLock, output_groups
 from tests.conftest import project_copy
 
 STUDY = {"entries": ["none", "spatial_gate"], "seeds": [0], "baselines": ["none"], "workers": 2}

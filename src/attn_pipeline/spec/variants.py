@@ -45,7 +45,7 @@ class VariantSpec:
 VARIANTS: dict[str, VariantSpec] = {}
 
 
-def register(spec: VariantSpec) -> VariantSpec:
+def add_variant(spec: VariantSpec) -> VariantSpec:
     """Add ``spec`` to the table; a name is registered once."""
     if spec.name in VARIANTS:
         raise ValueError(f"variant '{spec.name}' is registered already")
@@ -97,4 +97,4 @@ for _spec in (
         feature_block=f"{_ATTENTION}:CBAM",
     ),
 ):
-    register(_spec)
+    add_variant(_spec)

@@ -37,7 +37,7 @@ from attn_pipeline.models import VAE, build_vae
 from attn_pipeline.models.checkpoint import load_checkpoint
 from attn_pipeline.models.steering import MoveToRectangle, ReplaceMap, ScaleRectangle
 from attn_pipeline.spec.config import ModelConfig
-from attn_pipeline.tracking.registry import registered_model_name
+from attn_pipeline.tracking.model_registry import registered_model_name
 
 logger = logging.getLogger(__name__)
 

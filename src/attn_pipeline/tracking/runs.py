@@ -44,7 +44,7 @@ from mlflow.entities import Metric, Param, RunTag
 from pydantic import BaseModel
 
 from attn_pipeline.spec.config import RegistryConfig
-from attn_pipeline.tracking import registry
+from attn_pipeline.tracking import model_registry
 from attn_pipeline.tracking.store import prepare_tracking_store, store_lock
 
 logger = logging.getLogger(__name__)
@@ -241,17 +241,21 @@ class TrackingHook:
         elif kind == "params":
             saved["entry"] = entry_tags(data, namespace)
         elif kind in ("metrics", "tags") and "version" in saved:
-            registry.tag_version(saved["version"], data)
+            model_registry.tag_version(saved["version"], data)
             if kind == "tags":  # the evaluation's description: its figures are all in
-                registry.update_champion(saved["version"], self._champion)
+                model_registry.update_champion(saved["version"], self._champion)
         if "model" in saved and "entry" in saved:
             entry = saved["entry"]
-            name = registry.registered_model_name(self._dataset, entry["entry"])
-            description = registry.describe_model(self._dataset, entry["entry"], entry["variant"])
+            name = model_registry.registered_model_name(self._dataset, entry["entry"])
+            description = model_registry.describe_model(
+                self._dataset, entry["entry"], entry["variant"]
+            )
             lock = partial(store_lock, self._uri, self._project)
-            version = registry.register(saved.pop("model"), run_id, name, entry, description, lock)
+            version = model_registry.register(
+                saved.pop("model"), run_id, name, entry, description, lock
+            )
             mlflow.MlflowClient().set_tag(
-                run_id, registry.REGISTERED_TAG, f"{name}/{version.version}"
+                run_id, model_registry.REGISTERED_TAG, f"{name}/{version.version}"
             )
             saved["version"] = version
 
