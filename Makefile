@@ -1,8 +1,9 @@
 # One-command set-up, run and test. `make run` and `make test` work on a fresh machine:
 # each creates .venv and installs the project into it first.
+#   make smoke                    fetch MNIST, then a smoke run: every pipeline in about a minute
 #   make run                      fetch MNIST (download), then `kedro run`
 #   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
-#   make test                     the test suite (tests make their own tiny data)
+#   make test                     the test suite, a test file per core (tests make their own tiny data)
 #   make test-fast                its unit tier alone (pytest -m "not pipeline and not process")
 #   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
 #   make steer ENTRY=where DATASET=translated_mnist   the page to steer a model by hand
@@ -22,7 +23,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # runs `uvicorn`, `kedro ipython` runs `ipython`): the environment's come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data run test test-fast browser lint viz mlflow-ui serve steer ipython lock docs docs-build
+.PHONY: setup data smoke run test test-fast browser lint viz mlflow-ui serve steer ipython lock docs docs-build
 
 LOCK := requirements.lock
 
@@ -49,11 +50,15 @@ setup: $(VENV)/.installed
 data: setup
 	$(BIN)/attn-fetch-data $(DATASET) $(if $(DATA_DIR),--local-dir $(DATA_DIR))
 
+# A smoke run: every pipeline of the default run on MNIST in about a minute (conf/smoke).
+smoke: data
+	$(BIN)/kedro run --env smoke
+
 run: data
 	$(BIN)/kedro run $(if $(filter-out mnist,$(DATASET)),--env $(DATASET))
 
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # Debian's chromium for the browser tests, where it is missing and this is root with apt-get;
 # elsewhere those tests are skipped (and fail under CI=true).

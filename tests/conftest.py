@@ -11,9 +11,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
+# Under pytest-xdist (make test: a worker per core) each worker and the processes its tests
+# start use one thread: two workers of two threads each would fight over two cores. Set
+# before torch is first imported (it reads them once).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from attn_pipeline.data.idx import encode_idx
 

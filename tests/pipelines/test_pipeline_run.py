@@ -215,6 +215,7 @@ def test_train_pipeline_runs_on_its_own(
     assert checkpoint.stat().st_mtime_ns > before
 
 
+@pytest.mark.process
 def test_each_pipeline_works_from_raw_data_or_names_the_command_to_run_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
