@@ -58,7 +58,7 @@ run: data
 	$(BIN)/kedro run $(if $(filter-out mnist,$(DATASET)),--env $(DATASET))
 
 test: setup browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # Debian's chromium for the browser tests, where it is missing and this is root with apt-get;
 # elsewhere those tests are skipped (and fail under CI=true).

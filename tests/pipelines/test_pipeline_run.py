@@ -25,7 +25,8 @@ from attn_pipeline.tracking.model_registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
 from tests.conftest import TINY_RUN, as_cli_params, project_copy, write_idx, write_raw_dataset
 
-pytestmark = pytest.mark.pipeline
+#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
+pytestmark = [pytest.mark.pipeline, pytest.mark.xdist_group("pipeline_run")]
 
 GENERATION_METRICS = {
     "test/nll_iw",

@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, chromium
 
+#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("docs_site")
+
 REFRESH = PROJECT_ROOT / "docs" / "refresh_results.py"
 NAV_LINK = re.compile(r'href="([^"]*)"[^>]*class="md-nav__link')
 

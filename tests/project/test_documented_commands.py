@@ -36,6 +36,9 @@ import yaml
 from attn_pipeline.data.fetch import ENV_VAR
 from tests.conftest import PROJECT_ROOT
 
+#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("documented_commands")
+
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}
 MARKER = re.compile(r"<!--\s*doc-test:\s*(run|serve|skip)\b\s*(.*?)\s*-->")

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY_RUN, as_cli_params, write_raw_dataset
 
-pytestmark = pytest.mark.process
+#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("packaged_project")]
 
 #: The hash of the reference MNIST extractor shipped inside the package.
 REFERENCE_MNIST_HASH = json.loads(

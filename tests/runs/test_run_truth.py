@@ -187,7 +187,7 @@ def test_a_study_killed_between_the_nodes_of_a_cell_finishes_when_run_again(
     assert not (project / "data/08_reporting/mnist/study/comparison.csv").exists()
     shutil.rmtree(hooks)
     again = subprocess.run(
-        command,
+        [*command, "--workers", "2"],  # the two cells side by side
         cwd=project,
         env={**ENV, "MLFLOW_TRACKING_URI": uri},
         capture_output=True,

@@ -28,6 +28,9 @@ from attn_pipeline.spec.config import (
 from attn_pipeline.training.loop import fit
 from tests.conftest import MNIST_SHAPE, digit_like_images
 
+#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("likelihood_and_extractor")
+
 
 def _split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     images, labels = digit_like_images(n, seed=seed)
