@@ -3,7 +3,7 @@
 #   make smoke                    fetch MNIST, then a smoke run: every pipeline in about a minute
 #   make run                      fetch MNIST (download), then `kedro run`
 #   make run DATA_DIR=/path       the same offline, from a folder holding the four IDX files
-#   make test                     the test suite, a test file per core (tests make their own tiny data)
+#   make test                     the test suite over every core (tests make their own tiny data)
 #   make test-fast                its unit tier alone (pytest -m "not pipeline and not process")
 #   make mlflow-ui PORT=5001      the MLflow UI; make viz, make ipython, make serve likewise
 #   make steer ENTRY=where DATASET=translated_mnist   the page to steer a model by hand
