@@ -19,7 +19,7 @@ import torch
 from attn_pipeline.models import build_vae, make_checkpoint
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.steer import load_checkpoint_model
-from attn_pipeline.steer.app import ModelError
+from attn_pipeline.steer.app import Box, ModelError, SteerRequest, edit_of
 from tests.conftest import chromium
 
 CANVAS = (1, 40, 40)
@@ -89,6 +89,20 @@ def test_a_model_without_a_map_is_refused_by_name(tmp_path: Path) -> None:
         load_checkpoint_model(tmp_path / "missing.pt")
 
 
+def test_move_is_offered_only_where_the_map_carries_position(tmp_path: Path) -> None:
+    """`where`'s map carries the glyph's position: a box moves it. `spatial_gate`'s map
+    weights the image in place: "move" would blank the rest, so it is refused, saying why."""
+    box = Box(top=0, bottom=20, left=0, right=20)
+    where = load_checkpoint_model(_checkpoint(tmp_path / "where.pt", WHERE))
+    assert where.moves and edit_of(SteerRequest(kind="move", box=box), where)
+    gate_config = ModelConfig(variant="spatial_gate", latent_dim=4)
+    gate = load_checkpoint_model(_checkpoint(tmp_path / "gate.pt", gate_config))
+    assert not gate.moves
+    with pytest.raises(ModelError, match="does not carry the content's position"):
+        edit_of(SteerRequest(kind="move", box=box), gate)
+    assert edit_of(SteerRequest(kind="emphasise", box=box), gate)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,12 +136,37 @@ def _message_includes(page, text: str) -> None:
     )
 
 
+def _load_others(page, gate: Path, none: Path) -> None:
+    """Load models into the page: a map that gates (no "move", and why), an unknown name,
+    a model without a map (each refused with its message)."""
+    page.fill("#model", str(gate))  # a map that gates: no "move", and why
+    page.click("#load")
+    page.wait_for_function(
+        "document.getElementById('description').textContent.includes('spatial_gate')"
+    )
+    assert page.is_disabled("input[value=move]")
+    assert page.is_checked("input[value=emphasise]")
+    assert "does not carry the content's position" in page.inner_text("#no-move")
+
+    page.fill("#model", "models:/no.such.model/1")
+    page.click("#load")
+    page.wait_for_function(
+        "document.getElementById('message').textContent.includes('no registered')"
+    )
+    page.fill("#model", str(none))
+    page.click("#load")
+    page.wait_for_function(
+        "document.getElementById('message').textContent.includes('no attention map')"
+    )
+
+
 @pytest.mark.process
 def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
     where = _checkpoint(tmp_path / "where.pt", WHERE)
     none = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
+    gate = _checkpoint(tmp_path / "gate.pt", ModelConfig(variant="spatial_gate", latent_dim=4))
     port, out = _free_port(), tmp_path / "saved"
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("attn-steer")), "--model", str(where),
@@ -148,6 +187,7 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
             page.goto(url)
             page.wait_for_function("document.getElementById('description').textContent")
             assert "where, 40x40 images, 20x20 map" in page.inner_text("#description")
+            assert page.is_checked("input[value=move]") and not page.is_visible("#no-move")
 
             page.click("#steer")  # no box yet
             _message_includes(page, "the box is empty")
@@ -170,16 +210,7 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
             saved = list(out.glob("steered_*.png"))
             assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
 
-            page.fill("#model", "models:/no.such.model/1")
-            page.click("#load")
-            page.wait_for_function(
-                "document.getElementById('message').textContent.includes('no registered')"
-            )
-            page.fill("#model", str(none))
-            page.click("#load")
-            page.wait_for_function(
-                "document.getElementById('message').textContent.includes('no attention map')"
-            )
+            _load_others(page, gate, none)
             assert "Traceback" not in page.content()
             browser.close()
     finally:

@@ -37,6 +37,7 @@ from attn_pipeline.models import VAE, build_vae
 from attn_pipeline.models.checkpoint import load_checkpoint
 from attn_pipeline.models.steering import MoveToRectangle, ReplaceMap, ScaleRectangle
 from attn_pipeline.spec.config import ModelConfig
+from attn_pipeline.spec.variants import variant_spec
 from attn_pipeline.tracking.model_registry import registered_model_name
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,21 @@ class SteerableModel:
     @property
     def map_size(self) -> int:
         return self.vae.generator.spatial_map(torch.zeros(1, self.vae.latent_dim)).shape[-1]
+
+    @property
+    def moves(self) -> bool:
+        """Whether its map carries the content's position, so that "move into the box" moves
+        it (``where``); a map that gates or feeds the decoder only re-weights in place."""
+        return variant_spec(self.variant).spatial_map == "position"
+
+
+#: Why "move" is not offered for a map that does not carry position.
+NO_MOVE = (
+    "this model's map weights the image where it is drawn (it gates or feeds the decoder); "
+    "it does not carry the content's position, so moving the map would blank the rest of "
+    "the image instead of moving the content: use emphasise, suppress or paint, or a model "
+    "of the variant where"
+)
 
 
 def _steerable(vae: VAE, name: str, variant: str) -> SteerableModel:
@@ -166,6 +182,8 @@ def edit_of(request: SteerRequest, model: SteerableModel):
         raise ModelError(f"the box reaches outside the {size}x{size} image: draw it inside")
     bounds = box.model_dump()
     if request.kind == "move":
+        if not model.moves:
+            raise ModelError(NO_MOVE)
         return MoveToRectangle(**bounds, image_size=size)
     factor = EMPHASIS if request.kind == "emphasise" else SUPPRESSION
     return ScaleRectangle(**bounds, factor=factor, image_size=size)
@@ -232,7 +250,8 @@ def create_app(model: SteerableModel | None, out_dir: Path, load=None) -> FastAP
     def describe() -> dict[str, Any]:
         m = current()
         return {"name": m.name, "variant": m.variant, "image_size": m.image_size,
-                "map_size": m.map_size}  # fmt: skip
+                "map_size": m.map_size, "moves": m.moves,
+                "no_move": None if m.moves else NO_MOVE}  # fmt: skip
 
     @app.post("/api/model")
     def load_model(body: dict[str, str]) -> dict[str, Any]:
