@@ -108,6 +108,14 @@ def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dic
     return {key: write_idx(folder / RAW_NAMES[key], arrays[key]) for key in arrays}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real-process tests first, then in-process pipelines, then unit tests: spread over
+    workers (make test), the longest start first and none is left running alone at the end.
+    Within a tier, the collected order."""
+    tier = {"process": 0, "pipeline": 1}
+    items.sort(key=lambda item: min((tier.get(m.name, 2) for m in item.iter_markers()), default=2))
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Each test begins without ``MLFLOW_EXPERIMENT_ID`` and ends with the environment it

@@ -153,12 +153,13 @@ def _project(root: Path) -> Path:
     return project
 
 
-def _kedro_train(project: Path) -> subprocess.Popen:
+def _kedro_train(project: Path, log: Path | None = None) -> subprocess.Popen:
+    """The six epochs' `kedro run`, its output in a pipe, or in ``log``."""
     return subprocess.Popen(
         [KEDRO, "run", "--pipelines", "data_prep,train", "--params", SIX_EPOCHS],
         cwd=project,
         env={**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"},
-        stdout=subprocess.PIPE,
+        stdout=log.open("w") if log else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -193,9 +194,8 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
     with the uninterrupted run's weights, bitwise; it also marks the runs the killed process
     left RUNNING as KILLED, and leaves alone a RUNNING run that is not the project's."""
     reference = _project(tmp_path / "uninterrupted")
-    output = _kedro_train(reference).communicate(timeout=600)[0]
-    assert "epoch 6/6" in output, output[-3000:]
-
+    # beside the one to kill: the same data, seed and threads
+    uninterrupted = _kedro_train(reference, log=tmp_path / "uninterrupted.log")
     project = _project(tmp_path / "killed")
     process = _kedro_train(project)
     training = project / "data" / "06_models" / "mnist" / "none" / "training"
@@ -214,6 +214,9 @@ def test_kill_during_epoch_4_of_6_then_rerun_gives_the_same_weights(tmp_path: Pa
     experiment_id = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
     foreign = client.create_run(experiment_id).info.run_id  # no owner tags: not the project's
 
+    uninterrupted.wait(timeout=600)
+    output = (tmp_path / "uninterrupted.log").read_text()
+    assert "epoch 6/6" in output, output[-3000:]
     rerun = _kedro_train(project)
     output = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, output[-3000:]
