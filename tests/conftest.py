@@ -108,12 +108,28 @@ def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dic
     return {key: write_idx(folder / RAW_NAMES[key], arrays[key]) for key in arrays}
 
 
+#: The files whose tests take longest (a study each, or three trainings), started first.
+LONGEST_FIRST = (
+    "tests.study.test_study_processes",
+    "tests.runs.test_run_truth",
+    "tests.training.test_resume",
+    "tests.project.test_documented_commands",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Real-process tests first, then in-process pipelines, then unit tests: spread over
-    workers (make test), the longest start first and none is left running alone at the end.
-    Within a tier, the collected order."""
+    """Files with real-process tests first, then those with in-process pipelines, then the
+    unit tests: spread over workers (make test), the longest start first and none is left
+    running alone at the end. A file's tests stay together (they share module fixtures)."""
     tier = {"process": 0, "pipeline": 1}
-    items.sort(key=lambda item: min((tier.get(m.name, 2) for m in item.iter_markers()), default=2))
+    first: dict[str, int] = {}
+    for item in items:
+        rank = min((tier.get(m.name, 2) for m in item.iter_markers()), default=2)
+        first[item.module.__name__] = min(first.get(item.module.__name__, 2), rank)
+    longest = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(
+        key=lambda item: (first[item.module.__name__], longest.get(item.module.__name__, 99))
+    )
 
 
 @pytest.fixture(autouse=True)
