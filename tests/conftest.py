@@ -110,10 +110,10 @@ def write_raw_dataset(folder: Path, n_train: int = 240, n_test: int = 60) -> dic
 
 #: The files whose tests take longest (a study each, or three trainings), started first.
 LONGEST_FIRST = (
-    "tests.study.test_study_processes",
-    "tests.runs.test_run_truth",
-    "tests.training.test_resume",
-    "tests.project.test_documented_commands",
+    "tests/study/test_study_processes.py",
+    "tests/runs/test_run_truth.py",
+    "tests/training/test_resume.py",
+    "tests/project/test_documented_commands.py",
 )
 
 
@@ -125,10 +125,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first: dict[str, int] = {}
     for item in items:
         rank = min((tier.get(m.name, 2) for m in item.iter_markers()), default=2)
-        first[item.module.__name__] = min(first.get(item.module.__name__, 2), rank)
+        file = item.nodeid.split("::")[0]
+        first[file] = min(first.get(file, 2), rank)
     longest = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(
-        key=lambda item: (first[item.module.__name__], longest.get(item.module.__name__, 99))
+        key=lambda item: (
+            first[item.nodeid.split("::")[0]],
+            longest.get(item.nodeid.split("::")[0], 99),
+        )
     )
 
 
