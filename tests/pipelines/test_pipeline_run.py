@@ -18,6 +18,7 @@ import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from attn_pipeline.data.fingerprints import tensor_fingerprint
 from attn_pipeline.hooks import MissingInputError
 from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.spec.config import ConfigError
@@ -136,6 +137,20 @@ def test_each_variant_is_a_child_run_with_the_same_metric_names(
         # the per-epoch curve has one point per epoch
         history = mlflow.MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val/loss")
         assert [m.step for m in history] == [1, 2]
+        # the images it was trained, validated and tested on, as MLflow dataset inputs
+        inputs = {
+            tag.value: d.dataset
+            for d in run.inputs.dataset_inputs
+            for tag in d.tags
+            if tag.key == "mlflow.data.context"
+        }
+        assert {c: d.name for c, d in inputs.items()} == {
+            "training": "mnist_train",
+            "validation": "mnist_val",
+            "test": "mnist_test",
+        }
+        test_set = torch.load(default_run / "data/05_model_input/mnist_test.pt")
+        assert inputs["test"].digest == tensor_fingerprint(test_set["images"])
 
 
 def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_uri: str) -> None:

@@ -25,10 +25,12 @@ def test_node_names_carry_their_entry() -> None:
     assert names == {
         "none.train_none",
         "none.evaluate_none",
+        "none.name_the_data_none",
         "none.render_images_none",
         "none.plot_attention_maps_none",
         "spatial_gate.train_spatial_gate",
         "spatial_gate.evaluate_spatial_gate",
+        "spatial_gate.name_the_data_spatial_gate",
         "spatial_gate.render_images_spatial_gate",
         "spatial_gate.plot_attention_maps_spatial_gate",
         "spatial_gate.render_steering_spatial_gate",
@@ -42,6 +44,7 @@ def test_study_cells_nodes_carry_the_cell() -> None:
     cell = pipeline.only_nodes_with_namespaces(["study.latent_seed1"])
     assert sorted(node.short_name for node in cell.nodes) == [
         "evaluate_latent_seed1",
+        "name_the_data_latent_seed1",
         "plot_attention_maps_latent_seed1",
         "render_images_latent_seed1",
         "summarise_latent_seed1",
@@ -58,7 +61,12 @@ def test_stage_tags_select_their_nodes_of_every_entry() -> None:
     }
     assert selected == {
         "train": ["latent.train_latent", "none.train_none"],
-        "evaluate": ["latent.evaluate_latent", "none.evaluate_none"],
+        "evaluate": [
+            "latent.evaluate_latent",
+            "latent.name_the_data_latent",
+            "none.evaluate_none",
+            "none.name_the_data_none",
+        ],
         "generate": [
             "latent.plot_attention_maps_latent",
             "latent.render_images_latent",

@@ -10,7 +10,8 @@ and hands each ``kedro run`` the one to log into (:data:`GIVEN_RUN`), which that
 ends KILLED or FAILED if it stops early and otherwise leaves to ``attn-study`` to end.
 
 What a run receives is the catalog's word: a dataset's metadata ``mlflow: artifact`` (the
-saved file), ``metrics``, ``params`` (flattened), ``tags`` or ``model`` (registered). A
+saved file), ``metrics``, ``params`` (flattened), ``tags``, ``model`` (registered) or
+``inputs`` (MLflow dataset inputs: ``{context: {name, digest}}``). A
 namespaced dataset goes to its namespace's run, any other to the parent. Nodes know nothing
 of MLflow but the per-epoch curves, logged while training runs (:func:`log_epoch_metrics`).
 """
@@ -40,7 +41,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Node, Pipeline
 from kedro_mlflow.framework.hooks import MlflowHook
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from pydantic import BaseModel
 
 from attn_pipeline.spec.config import RegistryConfig
@@ -49,7 +50,7 @@ from attn_pipeline.tracking.store import prepare_tracking_store, store_lock
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("artifact", "metrics", "params", "tags", "model")
+KINDS = ("artifact", "metrics", "params", "tags", "model", "inputs")
 #: The run a driver (attn-study) hands a ``kedro run`` to log into, and ends itself.
 GIVEN_RUN = "ATTN_PIPELINE_RUN_ID"
 #: The process that logs into a run: a later run tells one a dead process left RUNNING.
@@ -98,6 +99,13 @@ def runner_name(described: str) -> str:
     """The runner's class from Kedro's record of it (an object's repr, or ``None``)."""
     match = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", described)
     return "SequentialRunner" if described == "None" else match[1] if match else described
+
+
+def dataset_input(context: str, named: dict[str, str]) -> DatasetInput:
+    """One of a run's dataset inputs: ``named`` (its name and content hash) used for
+    ``context`` (training, validation, test), as MLflow's runs table shows it."""
+    dataset = Dataset(named["name"], named["digest"], source_type="local", source=named["name"])
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
 def entry_tags(run_params: dict[str, Any], namespace: str) -> dict[str, str]:
@@ -230,6 +238,8 @@ class TrackingHook:
             )
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in data.items()])
+        elif kind == "inputs":  # {context: {name, digest}}: the run's dataset inputs
+            client.log_inputs(run_id, datasets=[dataset_input(c, d) for c, d in data.items()])
         if namespace is not None:
             self._register(kind, namespace, self._saved.setdefault(namespace, {}), data, run_id)
 

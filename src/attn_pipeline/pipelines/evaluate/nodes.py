@@ -269,3 +269,19 @@ def tabulate_test_metrics(**metrics_by_variant: dict[str, float]) -> pd.DataFram
         for variant, metrics in metrics_by_variant.items()
     ]
     return pd.DataFrame(rows)
+
+
+def data_inputs(
+    checkpoint: dict[str, Any], test_set: dict[str, torch.Tensor], dataset: str
+) -> dict[str, dict[str, str]]:
+    """The images a model was trained, validated and tested on, by context (MLflow's
+    ``mlflow.data.context``): each one's name and content hash, as the run's dataset inputs
+    (the Dataset column of MLflow's runs table). A checkpoint that does not record its
+    training images names the test set alone."""
+    trained_on = checkpoint.get("data") or {}
+    inputs = {
+        "training": {"name": f"{dataset}_train", "digest": trained_on.get("train_images")},
+        "validation": {"name": f"{dataset}_val", "digest": trained_on.get("val_images")},
+        "test": {"name": f"{dataset}_test", "digest": tensor_fingerprint(test_set["images"])},
+    }
+    return {context: named for context, named in inputs.items() if named["digest"]}

@@ -12,7 +12,7 @@ from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import EVALUATE_TAG, feature_extractor
 
-from .nodes import evaluate_model, measure_real_images, tabulate_test_metrics
+from .nodes import data_inputs, evaluate_model, measure_real_images, tabulate_test_metrics
 
 #: What the entries' evaluations share, made once per run (a study's shared step).
 SHARED_INPUTS = {"test_set", "feature_extractor", "test_real_images"}
@@ -49,7 +49,14 @@ def entry_template(label: str) -> Pipeline:
                 outputs=["test_metrics", "evaluation_info"],
                 name=f"evaluate_{label}",
                 tags=[EVALUATE_TAG],
-            )
+            ),
+            Node(
+                data_inputs,
+                inputs=["checkpoint", "test_set", "params:dataset"],
+                outputs="data_inputs",
+                name=f"name_the_data_{label}",
+                tags=[EVALUATE_TAG],
+            ),
         ]
     )
 
@@ -60,7 +67,7 @@ def create_pipeline(entries: Sequence[str] = ("none", "latent"), **kwargs) -> Pi
             entry_template(entry),
             namespace=entry,
             inputs=SHARED_INPUTS,
-            parameters={"params:evaluate"},
+            parameters={"params:evaluate", "params:dataset"},
         )
         for entry in entries
     ]

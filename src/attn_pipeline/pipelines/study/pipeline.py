@@ -46,6 +46,7 @@ def _one_run(entry: str, seed: int, steerable: bool) -> Pipeline:
             "params:model": f"params:{entry}.model",
             "params:train": "params:train",
             "params:evaluate": "params:evaluate",
+            "params:dataset": "params:dataset",
             "params:generate": "params:generate",
         },
     )
