@@ -239,7 +239,11 @@ class TrackingHook:
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in data.items()])
         elif kind == "inputs":  # {context: {name, digest}}: the run's dataset inputs
-            client.log_inputs(run_id, datasets=[dataset_input(c, d) for c, d in data.items()])
+            datasets = [dataset_input(c, d) for c, d in data.items()]
+            # the parent's row of the runs table names them too (MLflow keeps one of each)
+            for each in dict.fromkeys([run_id, self._parent]):
+                if each is not None:
+                    client.log_inputs(each, datasets=datasets)
         if namespace is not None:
             self._register(kind, namespace, self._saved.setdefault(namespace, {}), data, run_id)
 
