@@ -189,14 +189,21 @@ def _evaluate(
     started = time.perf_counter()
     device = resolve_device(config.device)
     model, model_config = load_checkpoint(checkpoint)
-    # channels_last weights let oneDNN pick faster conv kernels: the K decodes per image
-    # of the importance-weighted NLL take about half the time (a no-op for the MLP)
+    # channels_last weights let oneDNN pick faster conv kernels for the K decodes per image
+    # of the importance-weighted NLL (a no-op for the MLP)
     model.to(device, memory_format=torch.channels_last)
     images = evaluation_images(test_set)  # binary draws for a model trained on binary pixels
     metrics = evaluate_reconstruction(
         model, images, batch_size=config.batch_size, seed=config.seed
     ).as_dict()
     nll_images = images[nll_subset(len(images), config.nll_images, seed=config.seed)]
+    # a line per stage: an evaluation takes minutes on a CPU, and is never silent that long
+    logger.info(
+        "evaluating: ELBO done (%.0f s); importance-weighted NLL, K = %d on %d images",
+        time.perf_counter() - started,
+        config.nll_samples,
+        len(nll_images),
+    )
     nll = importance_weighted_nll(model, nll_images, samples=config.nll_samples, seed=config.seed)
     metrics["nll_iw"] = float(nll.mean())
 
@@ -218,6 +225,11 @@ def _evaluate(
                 len(test_set["images"]),
                 used,
             )
+    logger.info(
+        "evaluating: NLL done (%.0f s); FID-/KID-proxy, precision and recall, N = %d",
+        time.perf_counter() - started,
+        n,
+    )
     # grey levels: the data the samples should match, measured once (measure_real_images)
     metrics |= generation_metrics(
         real=real,
@@ -228,6 +240,11 @@ def _evaluate(
         seed=config.seed,
     )
     if steerable(model):
+        logger.info(
+            "evaluating: generation figures done (%.0f s); the steering benchmark, %d samples",
+            time.perf_counter() - started,
+            config.steer_samples,
+        )
         metrics |= steering_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
         metrics |= move_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
     not_finite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
