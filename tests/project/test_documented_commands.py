@@ -37,9 +37,6 @@ import yaml
 from attn_pipeline.data.fetch import ENV_VAR
 from tests.conftest import PROJECT_ROOT, chromium
 
-#: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("documented_commands")
-
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}
 MARKER = re.compile(r"<!--\s*doc-test:\s*(run|serve|skip)\b\s*(.*?)\s*-->")
@@ -240,7 +237,17 @@ def _answers(url: str) -> bool:
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("block", CHECKED, ids=[block.id for block in CHECKED])
+def _worker_group(block: Block) -> str:
+    """The blocks that use the main run's results share one worker (and its scratch
+    project, make test: --dist loadgroup); the others go to another."""
+    after_main = block is MAIN_RUN or MAIN_RUN in prerequisites(block)
+    return "documented_commands_after_the_main_run" if after_main else "documented_commands"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=pytest.mark.xdist_group(_worker_group(b)), id=b.id) for b in CHECKED],
+)
 def test_the_documented_command_works(block: Block, scratch_project: Scratch) -> None:
     for needed in prerequisites(block):
         if needed.id not in scratch_project.done:
@@ -293,6 +300,7 @@ def _run_block(block: Block, scratch: Scratch) -> None:
 
 
 @pytest.mark.process
+@pytest.mark.xdist_group("documented_commands_after_the_main_run")
 def test_the_mlflow_ui_shows_the_data_each_run_used(scratch_project: Scratch) -> None:
     """After the README's run, the runs table of the MLflow UI the docs start (`make
     mlflow-ui`) names each run's training, validation and test images in its Dataset
