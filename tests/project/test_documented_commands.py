@@ -236,7 +236,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.process
 def _worker_group(block: Block) -> str:
     """The blocks that use the main run's results share one worker (and its scratch
     project, make test: --dist loadgroup); the others go to another."""
@@ -244,6 +243,7 @@ def _worker_group(block: Block) -> str:
     return "documented_commands_after_the_main_run" if after_main else "documented_commands"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "block",
     [pytest.param(b, marks=pytest.mark.xdist_group(_worker_group(b)), id=b.id) for b in CHECKED],
