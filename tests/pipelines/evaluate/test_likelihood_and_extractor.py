@@ -13,6 +13,7 @@ from attn_pipeline.models.checkpoint import make_checkpoint
 from attn_pipeline.models.classifier import load_feature_extractor, state_dict_hash
 from attn_pipeline.pipelines.data_prep.nodes import split_training_file
 from attn_pipeline.pipelines.evaluate.nodes import (
+    _sizes,
     evaluate_model,
     measure_real_images,
     nll_subset,
@@ -194,3 +195,10 @@ def test_the_test_images_are_measured_once_and_never_for_other_settings(tmp_path
     other_n = measure_real_images(test, extractor, settings.model_copy(update={"n_samples": 50}))
     assert evaluate(shared, "a") == evaluate(other_n, "b")
     assert evaluate(shared, "a")["test/precision"] == evaluate(shared, "c")["test/precision"]
+
+
+def test_n_and_the_kid_subset_are_what_the_test_set_allows() -> None:
+    """evaluate.n_samples or kid_subset_size beyond the test set: the sizes used are the
+    test set's (the evaluation warns and records them as the run's tags)."""
+    assert _sizes(EvaluateConfig(n_samples=10000, kid_subset_size=1000), 300) == (300, 300)
+    assert _sizes(EvaluateConfig(n_samples=40, kid_subset_size=20), 60) == (40, 20)
