@@ -30,12 +30,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
 from attn_pipeline.data.fetch import ENV_VAR
-from tests.conftest import PROJECT_ROOT, chromium
+from tests.conftest import PROJECT_ROOT
 
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}
@@ -297,29 +296,3 @@ def _run_block(block: Block, scratch: Scratch) -> None:
     assert out.returncode == 0, (
         f"{block.id}\n{block.code}\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
     )
-
-
-@pytest.mark.process
-@pytest.mark.xdist_group("documented_commands_after_the_main_run")
-def test_the_mlflow_ui_shows_the_data_each_run_used(scratch_project: Scratch) -> None:
-    """After the README's run, the runs table of the MLflow UI the docs start (`make
-    mlflow-ui`) names each run's training, validation and test images in its Dataset
-    column, in headless Chromium."""
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
-
-    ui = next(block for block in CHECKED if "make mlflow-ui" in block.code)
-    for needed in [*prerequisites(ui), ui]:
-        if needed.id not in scratch_project.done:
-            _run_block(needed, scratch_project)
-    store = f"sqlite:///{scratch_project.root / 'mlruns' / 'mlflow.db'}"
-    experiment = mlflow.MlflowClient(store).get_experiment_by_name("attn_pipeline_mnist")
-    url = ui.argument.rstrip("/")
-    url += f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(url)
-        # the children of the parent run: expand every group the table folds
-        page.wait_for_selector("text=mnist_train", timeout=120_000)
-        assert page.locator("text=mnist_train").count() >= 1
-        browser.close()
