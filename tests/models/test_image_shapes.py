@@ -106,6 +106,24 @@ def test_a_steering_rectangle_outside_the_images_is_refused() -> None:
     assert steering_edit(config, 40) is not None
 
 
+def test_an_empty_steering_rectangle_is_refused_before_any_node() -> None:
+    """Ends in one unit are compared when the configuration is checked; pixels against a
+    share of the side only once the image size is known."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from attn_pipeline.pipelines.generate.nodes import steering_edit  # noqa: PLC0415
+    from attn_pipeline.spec.config import ConfigError  # noqa: PLC0415
+
+    for empty in ({"top": 10, "bottom": 10}, {"left": "60%", "right": "50%"}):
+        with pytest.raises(ValidationError, match="empty rectangle"):
+            ScaleRectangleEdit(**empty)
+    mixed = GenerateConfig(steering=ScaleRectangleEdit(top=20, bottom="50%"))
+    with pytest.raises(ConfigError, match="is empty"):
+        steering_edit(mixed, 40)
+    assert steering_edit(mixed, 80) is not None
+    assert ScaleRectangleEdit().pixels(40) == (0, 20, 0, 40)
+
+
 def test_a_global_max_extractor_sees_the_same_glyph_anywhere_alike() -> None:
     torch.manual_seed(0)
     glyph = torch.rand(3, 8, 8)

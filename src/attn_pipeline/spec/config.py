@@ -280,10 +280,15 @@ class FeatureExtractorConfig(_Config):
 Position = NonNegativeInt | Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?%$")]
 
 
+def _amount(position: int | str) -> float:
+    """A position's number: pixels, or the share in percent."""
+    return float(position.removesuffix("%")) if isinstance(position, str) else position
+
+
 def _pixels(position: int | str, image_size: int) -> int:
     if isinstance(position, int):
         return position
-    return round(float(position.removesuffix("%")) / 100 * image_size)
+    return round(_amount(position) / 100 * image_size)
 
 
 class ScaleRectangleEdit(_Config):
@@ -297,6 +302,18 @@ class ScaleRectangleEdit(_Config):
     left: Position = 0
     right: Position = "100%"
     factor: float = Field(8.0, ge=0, description="what the map's weight inside is multiplied by")
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> ScaleRectangleEdit:
+        # refused before any node where the two ends share a unit; pixels against a
+        # share of the side need the image size (pixels(), when the edit is applied)
+        for low, high in ((self.top, self.bottom), (self.left, self.right)):
+            if type(low) is type(high) and _amount(high) <= _amount(low):
+                raise ValueError(
+                    f"empty rectangle rows [{self.top}, {self.bottom}) x cols "
+                    f"[{self.left}, {self.right}): need top < bottom and left < right"
+                )
+        return self
 
     def pixels(self, image_size: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) in pixels of ``image_size`` square images."""
