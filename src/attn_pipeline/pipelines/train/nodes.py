@@ -12,9 +12,7 @@ import torch
 from attn_pipeline import models, training
 from attn_pipeline.data import binarization
 from attn_pipeline.data.binarization import evaluation_images, is_binarized
-from attn_pipeline.data.fingerprints import (
-    result_description,
-)
+from attn_pipeline.data.fingerprints import result_description
 from attn_pipeline.data.saved_state import CheckpointFolders
 from attn_pipeline.models import ImageSampler, build_vae, count_parameters, make_checkpoint
 from attn_pipeline.models.checkpoint import DATASET
