@@ -1,4 +1,9 @@
-"""Checks that need more than one parameter or the catalog, run before the first node."""
+"""Checks that need more than one parameter or the catalog, run before the first node.
+
+Every ``kedro`` command of the project imports this module (through ``settings.py``), ``kedro
+--help`` included: torch and the pipelines are imported by the hooks' methods, when a run
+starts, not here.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,6 @@ from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
 from attn_pipeline.data.folder_lock import ProjectRunLock, output_groups
-from attn_pipeline.models.checkpoint import DATASET, check_trained_on
-from attn_pipeline.pipeline_registry import use_run_parameters
 from attn_pipeline.pipelines import STUDY_PIPELINE, TRAIN_TAG
 from attn_pipeline.spec.config import (
     PARAMETER_BLOCKS,
@@ -29,7 +32,6 @@ from attn_pipeline.spec.config import (
 )
 from attn_pipeline.spec.parameters import ENVIRONMENT_FILE
 from attn_pipeline.tracking.runs import GIVEN_RUN
-from attn_pipeline.training.loop import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,8 @@ class RunPlanCheckHook:
     # reads them (Kedro's typed-parameter validation goes through the pipelines)
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
+        from attn_pipeline.pipeline_registry import use_run_parameters  # noqa: PLC0415
+
         self._loader = loader = context.config_loader
         self._params = loader["parameters"]
         check_values(self._params)  # before Kedro's own check, whose error is a traceback
@@ -153,6 +157,8 @@ class RunPlanCheckHook:
     def before_pipeline_run(
         self, run_params: dict, pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
+        from attn_pipeline.models.checkpoint import DATASET, check_trained_on  # noqa: PLC0415
+
         dataset = str(self._params.get("dataset", ""))
         namespaces = {node.namespace for node in pipeline.nodes}
         try:
@@ -197,6 +203,8 @@ class RunPlanCheckHook:
             )
 
     def _check_training(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        from attn_pipeline.training.loop import resolve_device  # noqa: PLC0415
+
         train = TrainConfig.model_validate(self._params.get("train", {}))
         try:
             resolve_device(train.device)

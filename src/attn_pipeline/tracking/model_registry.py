@@ -9,16 +9,19 @@ import math
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import mlflow
-import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
-from attn_pipeline.data.fingerprints import state_fingerprint
 from attn_pipeline.spec.metric_table import MEASURED_WITH, METRICS
+
+# torch is imported where a model is logged: the project settings import this module, and
+# every kedro command (`kedro --help` too) imports the settings
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ def log_sampler_model(sampler: torch.nn.Module, run_id: str) -> str:
     returns its URI. MLflow's ``pt2`` format (a ``torch.export`` graph) loads without this
     project's code and unpickles nothing; the requirements are given, not inferred (that
     re-imports the model in a subprocess, seconds per model)."""
+    import torch  # noqa: PLC0415
+
     sampler = sampler.cpu()
     example = torch.randn(2, sampler.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -89,6 +94,8 @@ def register(
     (a run started again trains nothing new), else a new one logged from ``run_id``.
     ``lock`` serialises the look-up and the registration between processes sharing a
     local store; the model is logged outside it (seconds)."""
+    from attn_pipeline.data.fingerprints import state_fingerprint  # noqa: PLC0415
+
     weights = state_fingerprint(sampler.state_dict())
     with lock():
         version = version_with_weights(name, weights)
