@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -85,6 +87,20 @@ def _show(ax, image: torch.Tensor) -> None:
         ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
     else:
         ax.imshow(image.permute(1, 2, 0).clamp(0, 1))
+
+
+def _beside_their_maps(images: torch.Tensor, maps: torch.Tensor, gap: int = 2) -> np.ndarray:
+    """``images (B, C, H, W)`` in [0, 1], each followed by its map ``(B, 1, h, w)`` upsampled
+    to ``(H, W)`` and coloured (inferno, from 0 to the map's own maximum), side by side with
+    ``gap`` white columns between pairs: ``(H, B * (2W + gap), 3)`` RGB."""
+    size = images.shape[-2:]
+    pictures = images.clamp(0, 1).expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    upsampled = F.interpolate(maps.float(), size=size, mode="nearest")[:, 0]  # (B, H, W)
+    peak = upsampled.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    coloured = torch.from_numpy(colormaps["inferno"]((upsampled / peak).numpy())[..., :3])
+    white = torch.ones(len(images), 3, size[0], gap)
+    pairs = torch.cat([pictures.clamp(0, 1), coloured.permute(0, 3, 1, 2).float(), white], dim=3)
+    return pairs.permute(2, 0, 3, 1).flatten(1, 2)[:, :-gap].numpy()
 
 
 def _overlay(ax, image: torch.Tensor, attention_map: torch.Tensor, title: str) -> None:
@@ -218,15 +234,16 @@ def render_steering(
     donors = images[torch.randperm(len(images), generator=noise)[: config.n_steered]]
     rows = [("test images (map donors)", donors, model.attention_map_of(donors).detach())]
     rows += steering_rows(model, z, donors, steering_edit(config, model.image_shape[-1]))
-    n = len(z)
-    figure = Figure(figsize=(0.62 * 2 * n + 1.2, 0.66 * len(rows) + 0.5), layout="constrained")
-    axes = figure.subplots(len(rows), 2 * n, squeeze=False)
-    for r, (label, values, maps) in enumerate(rows):
-        for c in range(n):
-            _show(axes[r, 2 * c], values[c])
-            axes[r, 2 * c + 1].imshow(maps[c, 0], cmap="inferno", vmin=0)
-        axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    for ax in axes.flat:
+    strips = [_beside_their_maps(values, maps) for _, values, maps in rows]
+    height, width = strips[0].shape[:2]
+    figure = Figure(
+        figsize=(width / 45 + 0.2, len(rows) * (height / 45 + 0.2) + 0.4), layout="constrained"
+    )
+    # one axes per row, holding the row's pictures as one image: an axes per picture
+    # (hundreds) makes the figure's layout and saving take seconds
+    for ax, (label, _, _), strip in zip(figure.subplots(len(rows), 1), rows, strips, strict=True):
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_title(label, fontsize=6, loc="left", pad=2)
         ax.set_xticks([])
         ax.set_yticks([])
     figure.suptitle(
