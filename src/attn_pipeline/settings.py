@@ -3,6 +3,7 @@
 import atexit
 import gc
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,9 @@ if not (isinstance(_consent, dict) and _consent.get("consent") is True):
 # Kedro's plugins imported mlflow before this file
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 set_telemetry_client()
+# MLflow's download bars belong in a terminal, not in the log files a study or a CI run keeps
+if not sys.stderr.isatty():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # every kedro command of the project: freed tensors' memory is reused, not faulted in again
 retain_freed_memory()
