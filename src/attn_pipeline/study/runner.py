@@ -446,8 +446,9 @@ def run_study(
             for entry, seed, namespace in to_run
         ]
         logger.info(
-            "study: %d cells, %d finished before (reused), %d to run; MLflow run %s",
+            "study: %d cell%s, %d finished before (reused), %d to run; MLflow run %s",
             len(keys),
+            "" if len(keys) == 1 else "s",
             len(reused),
             len(jobs),
             study_run_id,
