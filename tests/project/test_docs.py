@@ -89,40 +89,41 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.process
 def test_every_page_of_the_navigation_opens_in_a_browser(site: Path, tmp_path: Path) -> None:
-    browser_path = chromium()
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 (the browser tests')
+
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
-    browser = [browser_path, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-
-    def dom(url: str) -> str:
-        out = subprocess.run(
-            [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
-        )
-        return out.stdout
-
     try:
-        home = dom(base)
-        pages = [link for link in dict.fromkeys(NAV_LINK.findall(home)) if link != "."]
-        assert len(pages) >= 10, pages
-        for page in pages:
-            html = dom(base + page)
-            assert "<h1" in html and "404 - Not found" not in html, page
-        results = dom(base + "results/")
-        assert "Verdicts on the headline metrics" in results  # the study's own table
-        # the study's forest plot, copied beside the page
-        assert 'src="mnist/forest.png"' in results
-        assert (site / "results" / "mnist" / "forest.png").is_file()
-        for name, page in (("home", ""), ("results", "results/")):
-            shot = tmp_path / f"{name}.png"
-            subprocess.run(
-                [*browser, "--window-size=1280,1600", f"--screenshot={shot}", base + page],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+
+            def dom(url: str) -> str:
+                page.goto(url)
+                return page.content()
+
+            home = dom(base)
+            pages = [link for link in dict.fromkeys(NAV_LINK.findall(home)) if link != "."]
+            assert len(pages) >= 10, pages
+            for name in pages:
+                html = dom(base + name)
+                assert "<h1" in html and "404 - Not found" not in html, name
+            results = dom(base + "results/")
+            assert "Verdicts on the headline metrics" in results  # the study's own table
+            # the study's forest plot, copied beside the page, drawn
+            assert 'src="mnist/forest.png"' in results
+            assert (site / "results" / "mnist" / "forest.png").is_file()
+            forest = page.locator('img[src="mnist/forest.png"]')
+            assert forest.evaluate("image => image.complete && image.naturalWidth > 0")
+            for name, url in (("home", base), ("results", base + "results/")):
+                shot = tmp_path / f"{name}.png"
+                page.goto(url)
+                page.screenshot(path=str(shot))
+                assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                assert shot.stat().st_size > 20_000
+            browser.close()
     finally:
         server.shutdown()
 
