@@ -140,3 +140,39 @@ def test_every_test_file_the_docs_name_exists() -> None:
     assert named, "no page names a test file"
     missing = sorted(f"{page}: {p}" for page, p in named if not (PROJECT_ROOT / p).exists())
     assert not missing, missing
+
+
+#: A time as the docs write one ("25.3 s", "12.7-14.0 min", "130 ms"; "7 min 44 s" is two).
+TIME = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?\s?(?:ms|s|min|minutes)\b")
+#: Words before a time that is a target, a limit or an interval, not a measurement.
+NOT_MEASURED = re.compile(r"(target|at most|under|every|timeout|limit|aim)\W+(?:[\w-]+\W+){0,3}$")
+
+
+def _slug(heading: str) -> str:
+    """The anchor MkDocs gives a heading."""
+    return re.sub(r"[^\w\s-]", "", heading).strip().lower().replace(" ", "-")
+
+
+def test_every_time_in_the_docs_has_a_provenance_row() -> None:
+    """Each measured time in the README and the docs appears in a row of the provenance
+    table (docs/performance.md), which names its hardware and command, or stands in a
+    section of docs/performance.md that a row of the table links to."""
+    performance = PROJECT_ROOT / "docs" / "performance.md"
+    text = performance.read_text()
+    provenance = text[text.index("## Provenance") :]
+    rows = "\n".join(line for line in provenance.splitlines() if line.startswith("|"))
+    linked = set(re.findall(r"\(#([\w-]+)\)", rows))
+    unprovenanced = []
+    for page in [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]:
+        section = ""
+        for number, line in enumerate(page.read_text().splitlines(), start=1):
+            if line.startswith("#"):
+                section = _slug(line.lstrip("#"))
+                continue
+            if page == performance and (section in linked or section == "provenance"):
+                continue
+            for time in TIME.finditer(line):
+                if time.group(0) not in rows and not NOT_MEASURED.search(line[: time.start()]):
+                    where = page.relative_to(PROJECT_ROOT)
+                    unprovenanced.append(f"{where}:{number}: {time.group(0)}")
+    assert not unprovenanced, f"times without a provenance row: {unprovenanced}"
