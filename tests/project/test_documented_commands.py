@@ -9,7 +9,9 @@ the line before it, which says how it is checked:
   does);
 - ``<!-- doc-test: serve URL -->``: a server; started in the background, it must answer
   ``URL`` and keep running (the blocks after it talk to it), then is stopped;
-- ``<!-- doc-test: skip REASON -->``: not run here, for the reason given.
+- ``<!-- doc-test: skip REASON -->``: not run here, for the reason given;
+- ``<!-- doc-test: add PATH [after TEXT] -->``: a step of a guide that adds the block to a
+  file (tests/project/test_extending.py follows them), not a command.
 
 A path the docs write for the reader's own (``/path/to/mnist``) is replaced by the real
 one. A block without a marker fails :func:`test_every_command_block_is_marked`, so a command
@@ -38,7 +40,7 @@ from tests.conftest import PROJECT_ROOT
 
 DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("**/*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python"}
-MARKER = re.compile(r"<!--\s*doc-test:\s*(run|serve|skip)\b\s*(.*?)\s*-->")
+MARKER = re.compile(r"<!--\s*doc-test:\s*(run|serve|skip|add)\b\s*(.*?)\s*-->")
 FENCE = re.compile(r"^(```+)\s*([\w-]*)\s*$")
 #: A Python warning as the interpreter prints it, or as Kedro's logging passes it on.
 WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: .*|.*\bpy\.warnings\b.*", re.MULTILINE)
