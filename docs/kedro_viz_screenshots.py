@@ -1,12 +1,11 @@
 """The docs' kedro viz screenshots, taken in headless Chromium.
 
 Starts ``kedro viz run`` on the project (its base configuration), opens it with Playwright
-and writes docs/images/kedro_viz_{default,default_group,study}.png. Needs what the project
-does not install: Playwright (``python -m venv /tmp/pw && /tmp/pw/bin/pip install
-playwright``) and a Chromium (``apt-get install chromium``; Playwright's own download works
-too where the network allows). Run from the project's root:
+(installed with the project's test dependencies) and writes
+docs/images/kedro_viz_{default,default_group,study}.png. Needs a Chromium (``make test``
+installs Debian's). Run from the project's root:
 
-    /tmp/pw/bin/python docs/kedro_viz_screenshots.py [--chromium /usr/bin/chromium] [--kedro K]
+    .venv/bin/python docs/kedro_viz_screenshots.py [--chromium /usr/bin/chromium] [--kedro K]
 
 A conf/local that changes the lists changes the pictures: take them from a clean clone.
 """
@@ -22,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
+
+from attn_pipeline.pipelines import STUDY_PIPELINE
 
 PROJECT = Path(__file__).resolve().parents[1]
 KEDRO = PROJECT / ".venv" / "bin" / "kedro"
@@ -83,7 +84,7 @@ def main() -> None:
             shots = [
                 ("kedro_viz_default.png", "__default__", True, None),
                 ("kedro_viz_default_group.png", "__default__", True, "spatial_gate"),
-                ("kedro_viz_study.png", "compare", False, None),
+                ("kedro_viz_study.png", STUDY_PIPELINE, False, None),
             ]
             for name, pipeline, datasets, group in shots:
                 page = browser.new_page(

@@ -10,7 +10,7 @@ screenshot per step to --out. Needs Playwright and a Chromium, as
 docs/kedro_viz_screenshots.py says; the store needs a finished `kedro run` (a parent run with
 children and a registered model).
 
-    /tmp/pw/bin/python docs/mlflow_ui_walkthrough.py [--store sqlite:///mlruns/mlflow.db]
+    .venv/bin/python docs/mlflow_ui_walkthrough.py [--store sqlite:///mlruns/mlflow.db]
 """
 
 from __future__ import annotations

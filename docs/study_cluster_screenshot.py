@@ -1,10 +1,10 @@
 """Screenshots a study's runs in the MLflow UI of a running tracking server: the experiment's
-runs table with the newest study run `compare` that has cells expanded (its cells as child
+runs table with the newest study run (`study`) that has cells expanded (its cells as child
 runs).
 
 Needs Playwright and a Chromium, as docs/kedro_viz_screenshots.py says.
 
-    /tmp/pw/bin/python docs/study_cluster_screenshot.py --server http://127.0.0.1:5000 \\
+    .venv/bin/python docs/study_cluster_screenshot.py --server http://127.0.0.1:5000 \\
         --out docs/images/study_two_workers_mlflow.png
 """
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, help="the tracking server's URL")
     parser.add_argument("--experiment", default="attn_pipeline_mnist")
-    parser.add_argument("--parent", default="compare", help="the study's run to expand")
+    parser.add_argument("--parent", default="study", help="the study's run to expand")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
