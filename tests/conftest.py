@@ -6,6 +6,7 @@ import functools
 import gzip
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -184,6 +185,13 @@ def project_copy(
     (root / "mlruns").mkdir()
     shutil.copy(migrated_store(), root / "mlruns" / "mlflow.db")
     return root
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def chromium() -> str:

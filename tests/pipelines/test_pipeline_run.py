@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -24,7 +26,15 @@ from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.spec.config import ConfigError
 from attn_pipeline.tracking.model_registry import REGISTERED_TAG
 from attn_pipeline.tracking.runs import parent_run_name, runner_name
-from tests.conftest import TINY_RUN, as_cli_params, project_copy, write_idx, write_raw_dataset
+from tests.conftest import (
+    TINY_RUN,
+    as_cli_params,
+    chromium,
+    free_port,
+    project_copy,
+    write_idx,
+    write_raw_dataset,
+)
 
 #: one worker runs this file: its tests share a module fixture (make test: --dist loadgroup)
 pytestmark = [pytest.mark.pipeline, pytest.mark.xdist_group("pipeline_run")]
@@ -175,6 +185,84 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
         assert ("steering.png" in artifacts) == (name == "spatial_gate")
     table = (default_run / "data" / "08_reporting" / "mnist" / "test_metrics.csv").read_text()
     assert table.splitlines()[0].startswith("variant,neg_elbo")
+
+
+def _wait_until_answering(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180  # a safety net against a hang, not a line-up
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 (loopback)
+                return
+        except OSError:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{url} never answered"
+            time.sleep(0.5)
+
+
+@pytest.mark.process  # `mlflow ui` and a browser
+def test_the_mlflow_ui_names_each_runs_data_and_filters_by_it(
+    default_run: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """The runs table of `mlflow ui` (as `make mlflow-ui` starts it) shows the data sets a
+    run trained, validated and was tested on in its Dataset column, and its Datasets filter
+    lists them and keeps the runs that used the one picked (headless Chromium)."""
+    from playwright.sync_api import Error as PlaywrightError  # noqa: PLC0415 (the browser tests')
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("attn_pipeline_mnist").experiment_id
+    # a run that used no data, which the filter must leave out
+    no_data = client.create_run(experiment, run_name="no_data").info.run_id
+    client.set_terminated(no_data)
+    runs = client.search_runs([experiment])
+    named = {
+        f"{i.dataset.name} ({i.dataset.digest})": i.dataset.name
+        for run in runs
+        for i in run.inputs.dataset_inputs
+    }
+    train = next(label for label, name in named.items() if name == "mnist_train")
+    with_train = [
+        r for r in runs if any(i.dataset.name == "mnist_train" for i in r.inputs.dataset_inputs)
+    ]
+    assert {"mnist_train", "mnist_val", "mnist_test"} <= set(named.values())
+    assert 0 < len(with_train) < len(runs)
+
+    port, log = free_port(), tmp_path / "mlflow_ui.log"
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--port", str(port)]
+        + ["--backend-store-uri", tracking_uri],
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(f"{base}/health", ui, log)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+            try:
+                # the Dataset column of the run that used it (the grid draws after its footer)
+                page.get_by_text(train).first.wait_for(timeout=120_000)
+                page.get_by_test_id("datasets-select-dropdown").click()
+                options = page.get_by_role("option")
+                options.first.wait_for(timeout=30_000)
+                listed = " ".join(options.all_inner_texts())
+                assert all(label in listed for label in named), listed
+                options.filter(has_text=train).click()
+                page.keyboard.press("Escape")
+                footer = page.get_by_text(f"{len(with_train)} matching runs")
+                footer.wait_for(timeout=60_000)
+            except (AssertionError, PlaywrightError):  # what the page showed, kept
+                page.screenshot(path=str(tmp_path / "mlflow_ui.png"))
+                raise
+            browser.close()
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=60)
+        client.delete_run(no_data)  # the module's other tests count the parent runs
 
 
 @pytest.mark.process

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from attn_pipeline.models import build_vae, make_checkpoint
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.steer import load_checkpoint_model
 from attn_pipeline.steer.app import Box, ModelError, SteerRequest, edit_of
-from tests.conftest import chromium
+from tests.conftest import chromium, free_port
 
 CANVAS = (1, 40, 40)
 WHERE = ModelConfig(variant="where", latent_dim=4, glyph_size=28, attention_resolution=20)
@@ -103,12 +102,6 @@ def test_move_is_offered_only_where_the_map_carries_position(tmp_path: Path) -> 
     assert edit_of(SteerRequest(kind="emphasise", box=box), gate)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _drag(page, x0: int, y0: int, x1: int, y1: int) -> None:
     """Drag a box over the page's pad, in its pixels."""
     pad = page.locator("#pad").bounding_box()
@@ -167,7 +160,7 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
     where = _checkpoint(tmp_path / "where.pt", WHERE)
     none = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
     gate = _checkpoint(tmp_path / "gate.pt", ModelConfig(variant="spatial_gate", latent_dim=4))
-    port, out = _free_port(), tmp_path / "saved"
+    port, out = free_port(), tmp_path / "saved"
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("attn-steer")), "--model", str(where),
          "--port", str(port), "--out", str(out)],

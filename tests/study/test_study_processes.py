@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from attn_pipeline.spec.cells import CELL_KEY_TAG
-from tests.conftest import TINY_RUN, project_copy
+from tests.conftest import TINY_RUN, free_port, project_copy
 
 pytestmark = pytest.mark.process
 
@@ -45,16 +44,10 @@ TINY_STUDY = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def tracking_server(tmp_path: Path):
     """`mlflow server` on a free loopback port, with its own SQLite store and artifacts."""
-    port = _free_port()
+    port = free_port()
     folder = tmp_path / "server"
     folder.mkdir()
     server = subprocess.Popen(
@@ -200,7 +193,7 @@ def _study_on(address: str) -> tuple[str, ...]:
 
 
 def _dask_scheduler(tmp_path: Path) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     scheduler = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("dask")),
