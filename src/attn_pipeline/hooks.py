@@ -22,11 +22,13 @@ from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
 from attn_pipeline.data.folder_lock import ProjectRunLock, output_groups
-from attn_pipeline.pipelines import STUDY_PIPELINE, TRAIN_TAG
+from attn_pipeline.pipelines import GENERATE_TAG, STUDY_PIPELINE, TRAIN_TAG
 from attn_pipeline.spec.config import (
     PARAMETER_BLOCKS,
     ConfigError,
     DataPrepConfig,
+    GenerateConfig,
+    ScaleRectangleEdit,
     TrainConfig,
     check_values,
 )
@@ -183,6 +185,8 @@ class RunPlanCheckHook:
                         raise ConfigError(f"{name}: {error}") from None
             if any(TRAIN_TAG in node.tags for node in pipeline.nodes):
                 self._check_training(pipeline, catalog)
+            if any(GENERATE_TAG in node.tags for node in pipeline.nodes):
+                self._check_steering(catalog)
         except click.ClickException:
             logger.error("run stopped before any node ran")
             raise
@@ -217,6 +221,19 @@ class RunPlanCheckHook:
                 train.check_fits(prep.split_sizes(raw.item_count())[0])
         elif catalog.exists("train_set"):
             train.check_fits(len(catalog.load("train_set")["images"]))
+
+    def _check_steering(self, catalog: CatalogProtocol) -> None:
+        """A steering rectangle against the images' side (the canvas, else the raw test
+        images' header): refused before the training that comes first, not after it."""
+        steering = GenerateConfig.model_validate(self._params.get("generate", {})).steering
+        if not isinstance(steering, ScaleRectangleEdit):
+            return
+        side = DataPrepConfig.model_validate(self._params.get("data_prep", {})).canvas_size
+        raw = catalog.get("raw_test_images")
+        if side is None and raw is not None and raw.exists():
+            side = raw.declared_item_shape()[-1]
+        if side is not None:
+            steering.pixels(side)
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -30,6 +30,7 @@ def test_loads_gzip_and_plain_files(tmp_path: Path, images: np.ndarray, compress
 def test_item_count_reads_the_header_only(tmp_path: Path, images: np.ndarray) -> None:
     path = write_idx(tmp_path / "x.gz", images)
     assert IDXDataset(filepath=str(path)).item_count() == 5
+    assert IDXDataset(filepath=str(path)).declared_item_shape() == (4, 3)
 
 
 def test_save_then_load_round_trips(tmp_path: Path, images: np.ndarray) -> None:

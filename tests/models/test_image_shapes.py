@@ -108,7 +108,8 @@ def test_a_steering_rectangle_outside_the_images_is_refused() -> None:
 
 def test_an_empty_steering_rectangle_is_refused_before_any_node() -> None:
     """Ends in one unit are compared when the configuration is checked; pixels against a
-    share of the side only once the image size is known."""
+    share of the side once the image size is known (a run reads it from the data before
+    any node: tests/pipelines/test_pipeline_run.py)."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from attn_pipeline.pipelines.generate.nodes import steering_edit  # noqa: PLC0415
@@ -122,6 +123,12 @@ def test_an_empty_steering_rectangle_is_refused_before_any_node() -> None:
         steering_edit(mixed, 40)
     assert steering_edit(mixed, 80) is not None
     assert ScaleRectangleEdit().pixels(40) == (0, 20, 0, 40)
+
+
+def test_a_steering_block_without_a_kind_changes_the_default_rectangle() -> None:
+    """`--params generate.steering.bottom=20` names no `kind`: it is the rectangle's."""
+    steering = GenerateConfig.model_validate({"steering": {"bottom": 20}}).steering
+    assert steering == ScaleRectangleEdit(bottom=20)
 
 
 def test_a_global_max_extractor_sees_the_same_glyph_anywhere_alike() -> None:

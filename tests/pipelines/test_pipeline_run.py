@@ -473,6 +473,9 @@ def test_bad_config_stops_the_run_before_any_node(
         )
     with pytest.raises(Exception, match="batch_size is 5000"):
         _run(default_run, tracking_uri, monkeypatch, {**TINY_RUN, "train": {"batch_size": 5000}})
+    outside = {**TINY_RUN["generate"], "steering": {"bottom": 200}}  # read before training
+    with pytest.raises(Exception, match="reaches outside the 28x28 images"):
+        _run(default_run, tracking_uri, monkeypatch, {**TINY_RUN, "generate": outside})
     assert checkpoint.read_bytes() == before  # nothing already saved is lost
     assert mlflow.active_run() is None  # no MLflow run is left open by a refused run
 

@@ -162,20 +162,32 @@ class IDXDataset(AbstractDataset[np.ndarray, np.ndarray]):
             payload = gzip.compress(payload, mtime=0)
         write_atomically(path, lambda tmp: tmp.write_bytes(payload))
 
-    def item_count(self) -> int:
-        """The number of items the header declares, read without loading the data."""
+    def _dimensions(self) -> tuple[int, ...]:
+        """The sizes the header declares, read without loading the data."""
         path = Path(self._filepath)
         with open(path, "rb") as f:
             compressed = f.read(2) == _GZIP_MAGIC
         opener = gzip.open if compressed else open
         try:
             with opener(path, "rb") as f:
-                header = f.read(8)
+                magic = f.read(4)
+                if len(magic) < 4 or magic[:2] != b"\x00\x00":
+                    raise IDXFormatError(f"{path}: not an IDX file (bad header {magic.hex()})")
+                sizes = f.read(4 * magic[3])
         except _GZIP_ERRORS as exc:
             raise _corrupt_gzip(path, exc) from exc
-        if len(header) < 8 or header[:2] != b"\x00\x00":
-            raise IDXFormatError(f"{path}: not an IDX file (bad header {header[:4].hex()})")
-        return struct.unpack(">I", header[4:8])[0]
+        if magic[3] == 0 or len(sizes) < 4 * magic[3]:
+            raise IDXFormatError(f"{path}: not an IDX file (a header of {len(sizes)} bytes)")
+        return struct.unpack(f">{magic[3]}I", sizes)
+
+    def item_count(self) -> int:
+        """The number of items the header declares, read without loading the data."""
+        return self._dimensions()[0]
+
+    def declared_item_shape(self) -> tuple[int, ...]:
+        """The shape of one item (an image's ``(H, W)``) as the header declares it, read
+        without loading the data."""
+        return self._dimensions()[1:]
 
     def _exists(self) -> bool:
         return Path(self._filepath).is_file()

@@ -13,10 +13,12 @@ import click
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveInt,
     StringConstraints,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -294,7 +296,7 @@ def _pixels(position: int | str, image_size: int) -> int:
 class ScaleRectangleEdit(_Config):
     """Multiply the attention inside the rectangle rows ``[top, bottom)`` x columns
     ``[left, right)``, each in pixels or as a share of the image's side (the default: the
-    top half). Checked against the data set's image size when it is applied."""
+    top half). Checked against the data set's image size before any node runs."""
 
     kind: Literal["scale_rectangle"] = "scale_rectangle"
     top: Position = 0
@@ -326,6 +328,12 @@ class ScaleRectangleEdit(_Config):
                 f"of the {image_size}x{image_size} images is empty: need top < bottom and "
                 "left < right"
             )
+        if max(bottom, right) > image_size:
+            raise ConfigError(
+                f"generate.steering's rectangle rows [{top}, {bottom}) x cols "
+                f"[{left}, {right}) reaches outside the {image_size}x{image_size} "
+                f"images: keep bottom and right at most {image_size} (or 100%)"
+            )
         return top, bottom, left, right
 
 
@@ -347,6 +355,14 @@ class ReplaceMapEdit(_Config):
         return self
 
 
+def _edit_kind(value: Any) -> str:
+    """An edit's ``kind``; a rectangle where none is given, so that ``--params
+    generate.steering.bottom=20`` changes the default rectangle."""
+    if isinstance(value, dict):
+        return value.get("kind", "scale_rectangle")
+    return getattr(value, "kind", "scale_rectangle")
+
+
 class GenerateConfig(_Config):
     """Image grids rendered for every variant (``params:generate``)."""
 
@@ -362,9 +378,12 @@ class GenerateConfig(_Config):
     n_steered: PositiveInt = Field(
         8, description="prior samples shown under every steering edit (steering.png)"
     )
-    steering: ScaleRectangleEdit | ReplaceMapEdit = Field(
+    steering: Annotated[
+        Annotated[ScaleRectangleEdit, Tag("scale_rectangle")]
+        | Annotated[ReplaceMapEdit, Tag("replace")],
+        Discriminator(_edit_kind),
+    ] = Field(
         default_factory=ScaleRectangleEdit,
-        discriminator="kind",
         description="the attention edit of variants with a spatial map: a rectangle scaled "
         "(default: the top half, x8) or {kind: replace, values: [[0, 1], [0, 0]]}, any grid",
     )

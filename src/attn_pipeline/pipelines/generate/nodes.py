@@ -27,7 +27,7 @@ from attn_pipeline.models.steering import (
     TransplantMap,
 )
 from attn_pipeline.models.vae import AttentionEdit
-from attn_pipeline.spec.config import ConfigError, GenerateConfig, ScaleRectangleEdit
+from attn_pipeline.spec.config import GenerateConfig, ScaleRectangleEdit
 
 
 def _grid(images: torch.Tensor, nrow: int) -> Image.Image:
@@ -165,12 +165,6 @@ def steering_edit(config: GenerateConfig, image_size: int) -> AttentionEdit:
     edit = config.steering
     if isinstance(edit, ScaleRectangleEdit):
         top, bottom, left, right = edit.pixels(image_size)
-        if max(bottom, right) > image_size:
-            raise ConfigError(
-                f"generate.steering's rectangle rows [{top}, {bottom}) x cols "
-                f"[{left}, {right}) reaches outside the {image_size}x{image_size} "
-                f"images: keep bottom and right at most {image_size} (or 100%)"
-            )
         return ScaleRectangle(
             top=top,
             bottom=bottom,
