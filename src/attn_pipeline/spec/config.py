@@ -307,8 +307,8 @@ class ScaleRectangleEdit(_Config):
 
     @model_validator(mode="after")
     def _non_empty(self) -> ScaleRectangleEdit:
-        # refused before any node where the two ends share a unit; pixels against a
-        # share of the side need the image size (pixels(), when the edit is applied)
+        # ends in one unit are compared here; pixels against a share of the side need the
+        # image size (pixels(): before any node, from the data's side, and when applied)
         for low, high in ((self.top, self.bottom), (self.left, self.right)):
             if type(low) is type(high) and _amount(high) <= _amount(low):
                 raise ValueError(

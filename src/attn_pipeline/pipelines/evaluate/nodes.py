@@ -254,14 +254,9 @@ def _evaluate(
             f"{not_finite}: the model's outputs are not finite (a diverged training?). "
             "Nothing was written; retrain it with a lower train.learning_rate."
         )
-    trained_on = checkpoint.get("data") or {}
     description = {
         # the images behind every figure: a study refuses to pair cells where it differs
-        "data_hash": combined_fingerprint(
-            trained_on.get("train_images"),
-            trained_on.get("val_images"),
-            tensor_fingerprint(test_set["images"]),
-        ),
+        "data_hash": combined_fingerprint(*_image_hashes(checkpoint, test_set).values()),
         "feature_extractor_hash": feature_extractor["hash"],
         "feature_extractor_test_accuracy": feature_extractor["test_accuracy"],
         "fid_n_samples": n,
@@ -288,6 +283,20 @@ def tabulate_test_metrics(**metrics_by_variant: dict[str, float]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def _image_hashes(
+    checkpoint: dict[str, Any], test_set: dict[str, torch.Tensor]
+) -> dict[str, str | None]:
+    """The hashes of the images behind a model's figures, by MLflow's dataset context: the
+    training and validation images its checkpoint records (``None`` where it does not) and
+    the test images."""
+    trained_on = checkpoint.get("data") or {}
+    return {
+        "training": trained_on.get("train_images"),
+        "validation": trained_on.get("val_images"),
+        "test": tensor_fingerprint(test_set["images"]),
+    }
+
+
 def data_inputs(
     checkpoint: dict[str, Any], test_set: dict[str, torch.Tensor], dataset: str
 ) -> dict[str, dict[str, str]]:
@@ -295,10 +304,9 @@ def data_inputs(
     ``mlflow.data.context``): each one's name and content hash, as the run's dataset inputs
     (the Dataset column of MLflow's runs table). A checkpoint that does not record its
     training images names the test set alone."""
-    trained_on = checkpoint.get("data") or {}
-    inputs = {
-        "training": {"name": f"{dataset}_train", "digest": trained_on.get("train_images")},
-        "validation": {"name": f"{dataset}_val", "digest": trained_on.get("val_images")},
-        "test": {"name": f"{dataset}_test", "digest": tensor_fingerprint(test_set["images"])},
+    split = {"training": "train", "validation": "val", "test": "test"}
+    return {
+        context: {"name": f"{dataset}_{split[context]}", "digest": digest}
+        for context, digest in _image_hashes(checkpoint, test_set).items()
+        if digest
     }
-    return {context: named for context, named in inputs.items() if named["digest"]}

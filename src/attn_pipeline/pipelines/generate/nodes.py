@@ -94,12 +94,12 @@ def _beside_their_maps(images: torch.Tensor, maps: torch.Tensor, gap: int = 2) -
     to ``(H, W)`` and coloured (inferno, from 0 to the map's own maximum), side by side with
     ``gap`` white columns between pairs: ``(H, B * (2W + gap), 3)`` RGB."""
     size = images.shape[-2:]
-    pictures = images.clamp(0, 1).expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    pictures = images.clamp(0, 1).expand(-1, 3, -1, -1)  # grey to RGB; colour stays
     upsampled = F.interpolate(maps.float(), size=size, mode="nearest")[:, 0]  # (B, H, W)
     peak = upsampled.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
     coloured = torch.from_numpy(colormaps["inferno"]((upsampled / peak).numpy())[..., :3])
     white = torch.ones(len(images), 3, size[0], gap)
-    pairs = torch.cat([pictures.clamp(0, 1), coloured.permute(0, 3, 1, 2).float(), white], dim=3)
+    pairs = torch.cat([pictures, coloured.permute(0, 3, 1, 2).float(), white], dim=3)
     return pairs.permute(2, 0, 3, 1).flatten(1, 2)[:, :-gap].numpy()
 
 
