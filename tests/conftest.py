@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 # Under pytest-xdist (make test: a worker per core) each worker and the processes its tests
@@ -192,6 +194,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_answering(
+    url: str, server: subprocess.Popen, log: Path | None = None, seconds: float = 180
+) -> None:
+    """Return once ``url`` answers; fail if ``server`` exits first (with the end of its
+    ``log``) or after ``seconds`` (a safety net against a hang, not a line-up)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 (loopback)
+                return
+        except OSError:
+            said = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            assert server.poll() is None, f"the server of {url} exited {server.returncode}\n{said}"
+            assert time.monotonic() < deadline, f"{url} never answered"
+            time.sleep(0.5)
 
 
 def chromium() -> str:

@@ -9,8 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -32,6 +30,7 @@ from tests.conftest import (
     chromium,
     free_port,
     project_copy,
+    wait_until_answering,
     write_idx,
     write_raw_dataset,
 )
@@ -187,18 +186,6 @@ def test_variant_runs_hold_their_images_and_tables(default_run: Path, tracking_u
     assert table.splitlines()[0].startswith("variant,neg_elbo")
 
 
-def _wait_until_answering(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 180  # a safety net against a hang, not a line-up
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 (loopback)
-                return
-        except OSError:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.5)
-
-
 @pytest.mark.process  # `mlflow ui` and a browser
 def test_the_mlflow_ui_names_each_runs_data_and_filters_by_it(
     default_run: Path, tracking_uri: str, tmp_path: Path
@@ -238,7 +225,7 @@ def test_the_mlflow_ui_names_each_runs_data_and_filters_by_it(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_answering(f"{base}/health", ui, log)
+        wait_until_answering(f"{base}/health", ui, log)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})

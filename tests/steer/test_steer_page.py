@@ -8,8 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from attn_pipeline.models import build_vae, make_checkpoint
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.steer import load_checkpoint_model
 from attn_pipeline.steer.app import Box, ModelError, SteerRequest, edit_of
-from tests.conftest import chromium, free_port
+from tests.conftest import chromium, free_port, wait_until_answering
 
 CANVAS = (1, 40, 40)
 WHERE = ModelConfig(variant="where", latent_dim=4, glyph_size=28, attention_resolution=20)
@@ -168,12 +166,7 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_answering(url, server)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 1000})

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from attn_pipeline.spec.cells import CELL_KEY_TAG
-from tests.conftest import TINY_RUN, free_port, project_copy
+from tests.conftest import TINY_RUN, free_port, project_copy, wait_until_answering
 
 pytestmark = pytest.mark.process
 
@@ -73,16 +72,7 @@ def tracking_server(tmp_path: Path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
+        wait_until_answering(f"{uri}/health", server, seconds=120)
         yield uri
     finally:
         os.killpg(server.pid, 15)
