@@ -71,11 +71,34 @@ class DataPrepConfig(_Config):
         description="place every image at a seeded, uniformly random position of a canvas "
         "of this side (translated MNIST: 40); null: the images as they are",
     )
+    objects_per_image: tuple[PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="scenes: [fewest, most] digits per canvas (multi-MNIST: [1, 3]), each "
+        "digit of a split used once, at seeded positions where no two digits' ink boxes "
+        "meet; needs canvas_size. The sizes above then count digits; a split's images are "
+        "its scenes",
+    )
     binarize: bool = Field(
         False,
         description="dynamically binarised pixels: training draws each pixel from "
         "Bernoulli(grey level) every time it sees it; evaluation uses one fixed draw",
     )
+
+    @model_validator(mode="after")
+    def _scenes_on_a_canvas(self) -> DataPrepConfig:
+        if self.objects_per_image is None:
+            return self
+        fewest, most = self.objects_per_image
+        if fewest > most:
+            raise ValueError(
+                f"objects_per_image is [fewest, most] digits per scene: got [{fewest}, {most}]"
+            )
+        if self.canvas_size is None:
+            raise ValueError(
+                "objects_per_image places several digits on one canvas: set canvas_size too "
+                "(multi-MNIST: 64)"
+            )
+        return self
 
     def split_sizes(self, n_file: int) -> tuple[int, int]:
         """(training images, validation images) taken from a training file of ``n_file``.

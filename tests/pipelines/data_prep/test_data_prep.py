@@ -97,3 +97,55 @@ def test_a_canvas_places_every_image_whole_at_a_seeded_position(raw) -> None:
     assert not torch.equal(test["images"][: len(train["images"])], train["images"])
     with pytest.raises(ConfigError, match="canvas_size \\(20\\) is smaller than the images"):
         split_training_file(images, labels, DataPrepConfig(val_size=10, canvas_size=20), "t")
+
+
+def _ink_box(image: torch.Tensor) -> tuple[int, int, int, int]:
+    rows, cols = torch.nonzero(image.any(1)).flatten(), torch.nonzero(image.any(0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def test_scenes_hold_each_digit_of_their_split_once_whole_and_apart(raw) -> None:
+    """Multi-MNIST: 1-3 digits per 64x64 canvas, each digit of a split in one scene, drawn
+    unchanged in the window its record names, no two digits' ink boxes meeting; the
+    validation scenes are made of the validation digits alone."""
+    images, labels = raw
+    config = DataPrepConfig(val_size=20, canvas_size=64, objects_per_image=(1, 3))
+    train, val = split_training_file(images, labels, config, "multi")
+    digits = torch.from_numpy(images.astype(np.float32) / 255)
+    plain_train, plain_val = split_training_file(images, labels, DataPrepConfig(val_size=20), "m")
+    for scenes, plain in ((train, plain_train), (val, plain_val)):
+        assert scenes["images"].shape[1:] == (1, 64, 64)
+        objects = scenes["objects"]
+        assert objects.shape[1:] == (3, 3)
+        counts = (objects[:, :, 0] >= 0).sum(1)
+        assert torch.equal(scenes["labels"], counts) and set(counts.tolist()) <= {1, 2, 3}
+        # every digit of the split once (scenes of at least one digit leave none out)
+        classes = objects[:, :, 0][objects[:, :, 0] >= 0]
+        assert sorted(classes.tolist()) == sorted(plain["labels"].tolist())
+        for scene, record in zip(scenes["images"][:, 0], objects, strict=True):
+            boxes = []
+            for label, top, left in record[record[:, 0] >= 0].tolist():
+                window = scene[top : top + 28, left : left + 28]
+                source = [d for d, y in zip(digits, labels, strict=True) if y == label]
+                assert any(torch.equal(window * (d > 0), d) for d in source)
+                boxes.append(_ink_box(window > 0))
+                boxes[-1] = (boxes[-1][0] + top, boxes[-1][1] + top,
+                             boxes[-1][2] + left, boxes[-1][3] + left)  # fmt: skip
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1 :]:
+                    assert a[1] <= b[0] or b[1] <= a[0] or a[3] <= b[2] or b[3] <= a[2]
+    again, _ = split_training_file(images, labels, config, "multi")
+    assert torch.equal(again["images"], train["images"])
+    test = prepare_test_set(images, labels, config, "multi")
+    assert test["objects"].shape[1:] == (3, 3) and test["images"].shape[1:] == (1, 64, 64)
+
+
+def test_scenes_need_a_canvas_with_room_for_their_digits(raw) -> None:
+    images, labels = raw
+    with pytest.raises(ValueError, match="set canvas_size too"):
+        DataPrepConfig(objects_per_image=(1, 3))
+    with pytest.raises(ValueError, match=r"\[fewest, most\]"):
+        DataPrepConfig(canvas_size=64, objects_per_image=(3, 1))
+    crowded = DataPrepConfig(val_size=10, canvas_size=30, objects_per_image=(3, 3))
+    with pytest.raises(ConfigError, match="no room for 3 digits"):
+        split_training_file(images, labels, crowded, "multi")
