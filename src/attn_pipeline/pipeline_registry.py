@@ -15,6 +15,7 @@ Kedro's loader: base and ``KEDRO_ENV``, else local).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kedro.framework.project import pipelines
@@ -32,7 +33,7 @@ from attn_pipeline.pipelines import (
 )
 from attn_pipeline.spec.config import ModelConfig, StudyConfig, refuse_renamed
 from attn_pipeline.spec.parameters import run_parameters, set_run_parameters
-from attn_pipeline.spec.variants import variant_spec
+from attn_pipeline.spec.variants import VariantSpec, variant_spec
 
 
 def _checked_names(names: Any, what: str, params: dict[str, Any]) -> tuple[str, ...]:
@@ -49,17 +50,19 @@ def _checked_names(names: Any, what: str, params: dict[str, Any]) -> tuple[str, 
     return tuple(names)
 
 
-def steerable_entries(names: tuple[str, ...], params: dict[str, Any]) -> set[str]:
-    """Entries whose model has a spatial attention map that generation can edit."""
-    steerable = set()
+def entries_where(
+    names: tuple[str, ...], params: dict[str, Any], has: Callable[[VariantSpec], bool]
+) -> set[str]:
+    """The entries whose model's variant ``has`` what is asked."""
+    chosen = set()
     for name in names:
         try:
             variant = ModelConfig.model_validate(params[name]["model"]).variant
         except ValidationError:
             continue  # the run stops at Kedro's check of typed parameters, which names the key
-        if variant_spec(variant).has_spatial_map:
-            steerable.add(name)
-    return steerable
+        if has(variant_spec(variant)):
+            chosen.add(name)
+    return chosen
 
 
 def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
@@ -70,11 +73,14 @@ def pipeline_plan(params: dict[str, Any]) -> dict[str, Any]:
     entries = _checked_names(params.get("entries", []), "entries", params)
     study_config = StudyConfig.model_validate(params.get("study", {}))
     study_entries = _checked_names(list(study_config.entries), "study.entries", params)
+    every = tuple(set(entries) | set(study_entries))
     return {
         "entries": entries,
         "study.entries": study_entries,
         "study.seeds": tuple(study_config.seeds),
-        "steerable": steerable_entries(tuple(set(entries) | set(study_entries)), params),
+        # entries with a spatial map generation can edit; entries of scenes of objects
+        "steerable": entries_where(every, params, lambda spec: spec.has_spatial_map),
+        "scenes": entries_where(every, params, lambda spec: spec.objects),
     }
 
 
@@ -99,19 +105,20 @@ def build_pipelines(params: dict[str, Any]) -> dict[str, Pipeline]:
     """:func:`register_pipelines` for the parameters ``params``."""
     plan = pipeline_plan(params)
     entries, study_entries = plan["entries"], plan["study.entries"]
-    steerable = plan["steerable"]
+    steerable, scenes = plan["steerable"], plan["scenes"]
     prepared = data_prep.create_pipeline()
     with_extractor = prepared + feature_extractor.create_pipeline()
     pipelines = {
         "data_prep": prepared,
         "feature_extractor": with_extractor,
         "train": prepared + train.create_pipeline(entries),
-        "evaluate": with_extractor + evaluate.create_pipeline(entries),
-        "generate": prepared + generate.create_pipeline(entries, steerable=steerable),
+        "evaluate": with_extractor + evaluate.create_pipeline(entries, scenes=scenes),
+        "generate": prepared
+        + generate.create_pipeline(entries, steerable=steerable, scenes=scenes),
     }
     pipelines["__default__"] = sum(pipelines.values(), start=Pipeline([]))
     pipelines[STUDY_PIPELINE] = study.create_pipeline(
-        study_entries, plan["study.seeds"], steerable=steerable
+        study_entries, plan["study.seeds"], steerable=steerable, scenes=scenes
     )
     pipelines["study_report"] = study.create_report_pipeline()
     return pipelines

@@ -41,9 +41,13 @@ EXPECTED_MAPS = {
     "self": {"self": (5, 1, 14, 14)},
     "cbam": {"cbam_spatial": (5, 1, 14, 14), "cbam_channel": (5, 32)},
     "where": {"spatial": (5, 1, 14, 14)},
+    "objects": {"presence": (5, 1, 7, 7)},
 }
 #: settings a variant cannot do without (on 28x28 images)
-REQUIRED = {"where": {"glyph_size": 20}}
+REQUIRED = {"where": {"glyph_size": 20}, "objects": {"glyph_size": 12, "attention_resolution": 7}}
+#: the latent code's size where it is not latent_dim (8): where adds a position; objects
+#: has per cell a presence, a centre and latent_dim of appearance
+LATENT_DIMS = {"where": 8 + 2, "objects": 7 * 7 * (1 + 2 + 8)}
 
 
 def _config(variant: str, backbone: str = "conv", **kwargs) -> ModelConfig:
@@ -65,7 +69,7 @@ def test_forward_shapes_and_attention_maps(
     out = model(batch[:5])
     assert out.logits.shape == (5, 1, 28, 28)
     assert out.mu.shape == out.logvar.shape == out.z.shape == (5, model.latent_dim)
-    assert model.latent_dim == 8 + (2 if variant == "where" else 0)  # where: z_where too
+    assert model.latent_dim == LATENT_DIMS.get(variant, 8)
     shapes = {name: tuple(value.shape) for name, value in out.attention.items()}
     assert shapes == EXPECTED_MAPS[variant]
     for name in ("latent", "spatial", "self"):  # distributions over dimensions / positions

@@ -23,6 +23,7 @@ from .attention import (
     as_decoder_channel,
 )
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_sides
+from .objects import CellEncoder, CellLayout, ObjectCanvas
 from .where import GlyphCentres, GlyphPlacement, PositionMap, WhereEncoder, cut_window
 
 
@@ -78,6 +79,7 @@ class Generator(nn.Module):
         spatial_map: nn.Module | None = None,
         output_gate: OutputGate | None = None,
         placement: GlyphPlacement | None = None,
+        objects: ObjectCanvas | None = None,
     ) -> None:
         super().__init__()
         self.decoder = decoder
@@ -85,19 +87,29 @@ class Generator(nn.Module):
         self.spatial_map = spatial_map
         self.output_gate = output_gate
         self.placement = placement
+        self.objects = objects
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images drawn."""
         drawn = tuple(self.decoder.output_bias.bias.shape)
-        if self.placement is None:
-            return drawn
-        return (drawn[0], self.placement.canvas, self.placement.canvas)
+        canvas = self.canvas_side
+        return drawn if canvas is None else (drawn[0], canvas, canvas)
+
+    @property
+    def canvas_side(self) -> int | None:
+        """The side of the canvas the decoder's glyphs are placed on; None: the decoder
+        draws the whole image."""
+        if self.placement is not None:
+            return self.placement.canvas
+        if self.objects is not None:
+            return self.objects.layout.canvas
+        return None
 
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output at the data's mean image ``(C, H, W)`` (a glyph: at
         the window of it a glyph in the middle would cover)."""
-        if self.placement is not None:
+        if self.canvas_side is not None:
             middle = torch.tensor([[mean_image.shape[-2] / 2, mean_image.shape[-1] / 2]])
             mean_image = cut_window(mean_image[None], middle, self.image_glyph_side)[0]
         self.decoder.output_bias.init_from_mean(mean_image)
@@ -108,6 +120,11 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, edit: AttentionEdit | None = None) -> DecoderOutput:
         maps: dict[str, torch.Tensor] = {}
+        if self.objects is not None:  # the objects' edits change z (models/scene_edits.py)
+            cells = self.objects.layout.split(z)
+            glyphs, _ = self.decoder(cells[..., 3:].flatten(0, 1))  # each cell's what
+            logits, present = self.objects(cells, glyphs)
+            return DecoderOutput(logits=logits, attention={"presence": present[:, None]})
         code = z
         if self.latent_attention is not None:
             code, maps["latent"] = self.latent_attention(z)
@@ -254,6 +271,8 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
     d, r = config.latent_dim, config.attention_side(image_shape[-1])
     if spec.spatial_map == "position":
         return _build_where(config, image_shape)
+    if spec.objects:
+        return _build_objects(config, image_shape)
     latent_attention = LatentSoftmaxAttention(d) if spec.latent_attention else None
     spatial_map = SpatialAttentionMap(d, size=r) if spec.has_spatial_map else None
     # the map is an extra channel of the decoder, or it gates the output
@@ -305,6 +324,27 @@ def _build_where(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
     return VAE(
         WhereEncoder(glyph_encoder, centres, glyph), generator, latent_dim=config.latent_dim + 2
     )
+
+
+def _build_objects(config: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
+    """The ``objects`` variant (:mod:`attn_pipeline.models.objects`): a grid of
+    ``attention_resolution`` cells a side, each an object with presence, centre and
+    ``latent_dim`` dimensions of appearance, its glyph of ``glyph_size`` drawn by the
+    ``backbone``'s decoder and read by its encoder."""
+    channels, canvas, _ = image_shape
+    glyph = config.glyph_size
+    layout = CellLayout(canvas, config.attention_side(canvas), glyph, config.latent_dim)
+    glyph_encoder, glyph_decoder = _backbone(
+        config,
+        (channels, glyph, glyph),
+        code_dim=config.latent_dim,
+        map_values=0,
+        block_name=None,
+        attention_resolution=None,
+    )
+    encoder = CellEncoder(layout, config.conv_channels[0], glyph_encoder)
+    generator = Generator(glyph_decoder, objects=ObjectCanvas(layout))
+    return VAE(encoder, generator, latent_dim=layout.latent_dim)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -182,7 +182,7 @@ class ModelConfig(_Config):
                 f"variant '{self.variant}' attends over conv feature maps and needs "
                 f"backbone: conv; with backbone: mlp use one of {mlp_ready}"
             )
-        if spec.spatial_map == "position" and self.glyph_size is None:
+        if (spec.spatial_map == "position" or spec.objects) and self.glyph_size is None:
             raise ValueError(
                 f"variant '{self.variant}' draws a glyph on the image: set model.glyph_size "
                 "(the glyph's side, smaller than the images'; translated MNIST: 28)"

@@ -86,6 +86,33 @@ TABLES: tuple[tuple[str, tuple[StudyMetric, ...]], ...] = (
             StudyMetric("move_class_kept", "class kept", higher_is_better=True, decimals=3),
         ),
     ),
+    (
+        # only the objects variant has these (NaN otherwise)
+        "Scenes, object by object (the objects variant; test scenes through the encoder, "
+        "one object moved, removed or copied to the emptiest cell, two swapped)",
+        (
+            StudyMetric("scene_count_accuracy", "count right", higher_is_better=True, decimals=3),
+            StudyMetric(
+                "scene_class_accuracy", "digits' class right", higher_is_better=True, decimals=3
+            ),
+            StudyMetric(
+                "scene_move_in_box", "moved: in the box", higher_is_better=True, decimals=3
+            ),
+            StudyMetric(
+                "scene_move_class_kept", "moved: class kept", higher_is_better=True, decimals=3
+            ),
+            StudyMetric(
+                "scene_move_change_outside", "moved: others' change x1e3", scale=1e3, decimals=3
+            ),
+            StudyMetric(
+                "scene_remove_count", "removed: one fewer", higher_is_better=True, decimals=3
+            ),
+            StudyMetric("scene_add_count", "added: one more", higher_is_better=True, decimals=3),
+            StudyMetric(
+                "scene_swap_class_kept", "swapped: classes", higher_is_better=True, decimals=3
+            ),
+        ),
+    ),
 )
 #: Every metric of the tables, by name.
 METRICS: dict[str, StudyMetric] = {m.name: m for _, metrics in TABLES for m in metrics}

@@ -32,6 +32,10 @@ class VariantSpec:
     #: ``Class(channels)`` and returning ``(features, {map name: map})``: conv backbone only
     feature_block: str | None = None
 
+    #: a grid of cells over the image, each an object with presence, centre and appearance
+    #: (``models/objects.py``): the scenes' variant, edited object by object
+    objects: bool = False
+
     @property
     def has_spatial_map(self) -> bool:
         return self.spatial_map is not None
@@ -85,6 +89,13 @@ for _spec in (
         "a latent position and its map: the decoder draws a glyph where the map puts weight "
         "(needs model.glyph_size; for images whose content can be anywhere)",
         spatial_map="position",
+    ),
+    VariantSpec(
+        "objects",
+        "a grid of cells, each an object that is present or not, its centre and its "
+        "appearance: the decoder draws every present object's glyph at its centre (SPAIR; "
+        "needs model.glyph_size; for scenes of several objects)",
+        objects=True,
     ),
     VariantSpec(
         "self",

@@ -1,5 +1,17 @@
 """evaluate pipeline."""
 
-from .pipeline import SHARED_INPUTS, create_pipeline, entry_template, shared_pipeline
+from .pipeline import (
+    SHARED_INPUTS,
+    create_pipeline,
+    entry_template,
+    shared_inputs,
+    shared_pipeline,
+)
 
-__all__ = ["SHARED_INPUTS", "create_pipeline", "shared_pipeline", "entry_template"]
+__all__ = [
+    "SHARED_INPUTS",
+    "create_pipeline",
+    "shared_inputs",
+    "shared_pipeline",
+    "entry_template",
+]

@@ -35,6 +35,7 @@ from attn_pipeline.metrics import (
     steerable,
     steering_metrics,
 )
+from attn_pipeline.metrics.scenes import scene_metrics
 from attn_pipeline.models import load_checkpoint
 from attn_pipeline.models.checkpoint import check_trained_on
 from attn_pipeline.models.classifier import load_feature_extractor
@@ -145,6 +146,7 @@ def evaluate_model(
     test_real_images: dict[str, Any],
     config: EvaluateConfig,
     evaluation_cache: ResultCache,
+    object_classifier: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """``test/*`` metrics of one trained variant and the facts needed to read them, kept
     in ``evaluation_cache``: the same weights evaluated the same way are not evaluated
@@ -159,12 +161,16 @@ def evaluate_model(
         variants with an editable map, the steering benchmark's ``steer_*``
         (:func:`~attn_pipeline.metrics.steering_metrics`) and the move benchmark's
         ``move_*`` (:func:`~attn_pipeline.metrics.move_metrics`), and nothing of them for
-        the others.
+        the others; for the ``objects`` variant, given ``object_classifier`` (a classifier
+        of the scenes' digits), the scene benchmark's ``scene_*``
+        (:func:`~attn_pipeline.metrics.scenes.scene_metrics`).
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
     """
     check_trained_on(checkpoint, test_set)  # before the cache: no figures of another data set
     description = evaluation_description(checkpoint, test_set, feature_extractor, config)
+    if object_classifier is not None:
+        description["object_classifier_hash"] = object_classifier["hash"]
     stored = evaluation_cache.get(description)
     if stored is not None:
         logger.info(
@@ -172,7 +178,9 @@ def evaluate_model(
         )
         return stored["test_metrics"], stored["evaluation_info"]
     real = _real_images(test_real_images, test_set, feature_extractor, config)
-    test_metrics, evaluation_info = _evaluate(checkpoint, test_set, feature_extractor, real, config)
+    test_metrics, evaluation_info = _evaluate(
+        checkpoint, test_set, feature_extractor, real, config, object_classifier
+    )
     evaluation_cache.put(
         description, {"test_metrics": test_metrics, "evaluation_info": evaluation_info}
     )
@@ -185,6 +193,7 @@ def _evaluate(
     feature_extractor: dict[str, Any],
     real: RealImages,
     config: EvaluateConfig,
+    object_classifier: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -247,6 +256,18 @@ def _evaluate(
         )
         metrics |= steering_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
         metrics |= move_metrics(model, extractor, n=config.steer_samples, seed=config.seed)
+    if object_classifier is not None:
+        logger.info(
+            "evaluating: generation figures done (%.0f s); the scene benchmark, %d test "
+            "scenes and %d prior samples",
+            time.perf_counter() - started,
+            len(images),
+            config.steer_samples,
+        )
+        classifier = load_feature_extractor(object_classifier).to(device)
+        metrics |= scene_metrics(
+            model, classifier, test_set, n_prior=config.steer_samples, seed=config.seed
+        )
     not_finite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if not_finite:
         raise ValueError(
@@ -272,6 +293,28 @@ def _evaluate(
         "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
     )
     return {f"test/{k}": v for k, v in metrics.items()}, description
+
+
+def evaluate_scene_model(
+    checkpoint: dict[str, Any],
+    test_set: dict[str, torch.Tensor],
+    feature_extractor: dict[str, Any],
+    test_real_images: dict[str, Any],
+    config: EvaluateConfig,
+    evaluation_cache: ResultCache,
+    object_classifier: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`evaluate_model` of an ``objects`` model, with the scene benchmark measured by
+    ``object_classifier`` (the digits' classifier: the raw data set's reference extractor)."""
+    return evaluate_model(
+        checkpoint,
+        test_set,
+        feature_extractor,
+        test_real_images,
+        config,
+        evaluation_cache,
+        object_classifier=object_classifier,
+    )
 
 
 def tabulate_test_metrics(**metrics_by_variant: dict[str, float]) -> pd.DataFrame:

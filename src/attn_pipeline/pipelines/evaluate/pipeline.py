@@ -6,16 +6,30 @@ measure of the test images, which every entry is compared with.
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kedro.pipeline import Node, Pipeline
 
 from attn_pipeline.pipelines import EVALUATE_TAG, feature_extractor
 
-from .nodes import data_inputs, evaluate_model, measure_real_images, tabulate_test_metrics
+from .nodes import (
+    data_inputs,
+    evaluate_model,
+    evaluate_scene_model,
+    measure_real_images,
+    tabulate_test_metrics,
+)
 
 #: What the entries' evaluations share, made once per run (a study's shared step).
 SHARED_INPUTS = {"test_set", "feature_extractor", "test_real_images"}
+#: The classifier of the scenes' digits (the raw data set's reference extractor): the
+#: scene benchmark's, for ``objects`` entries.
+OBJECT_CLASSIFIER = "object_classifier"
+
+
+def shared_inputs(scenes: bool) -> set[str]:
+    """The shared inputs of an entry's evaluation."""
+    return SHARED_INPUTS | {OBJECT_CLASSIFIER} if scenes else SHARED_INPUTS
 
 
 def shared_pipeline() -> Pipeline:
@@ -32,20 +46,23 @@ def shared_pipeline() -> Pipeline:
     )
 
 
-def entry_template(label: str) -> Pipeline:
-    """Evaluation of one entry, its node named after ``label`` (see train's template)."""
+def entry_template(label: str, scenes: bool = False) -> Pipeline:
+    """Evaluation of one entry, its node named after ``label`` (see train's template);
+    with ``scenes`` (an ``objects`` model), the scene benchmark too, which reads the digits'
+    classifier."""
+    inputs = [
+        "checkpoint",
+        "test_set",
+        "feature_extractor",
+        "test_real_images",
+        "params:evaluate",
+        "evaluation_cache",
+    ]
     return Pipeline(
         [
             Node(
-                evaluate_model,
-                inputs=[
-                    "checkpoint",
-                    "test_set",
-                    "feature_extractor",
-                    "test_real_images",
-                    "params:evaluate",
-                    "evaluation_cache",
-                ],
+                evaluate_scene_model if scenes else evaluate_model,
+                inputs=[*inputs, OBJECT_CLASSIFIER] if scenes else inputs,
                 outputs=["test_metrics", "evaluation_info"],
                 name=f"evaluate_{label}",
                 tags=[EVALUATE_TAG],
@@ -61,12 +78,15 @@ def entry_template(label: str) -> Pipeline:
     )
 
 
-def create_pipeline(entries: Sequence[str] = ("none", "latent"), **kwargs) -> Pipeline:
+def create_pipeline(
+    entries: Sequence[str] = ("none", "latent"), scenes: Collection[str] = (), **kwargs
+) -> Pipeline:
+    """One namespaced copy per entry; ``scenes`` names the ``objects`` entries."""
     per_entry = [
         Pipeline(
-            entry_template(entry),
+            entry_template(entry, scenes=entry in scenes),
             namespace=entry,
-            inputs=SHARED_INPUTS,
+            inputs=shared_inputs(entry in scenes),
             parameters={"params:evaluate", "params:dataset"},
         )
         for entry in entries

@@ -11,6 +11,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
+from attn_pipeline.metrics.scenes import choose_object, emptiest_cell, layout_of
 from attn_pipeline.metrics.steering import (
     EMPHASIS,
     HALVES,
@@ -19,7 +20,8 @@ from attn_pipeline.metrics.steering import (
     half_edit,
     pixel_box,
 )
-from attn_pipeline.models import VAE, load_checkpoint
+from attn_pipeline.models import VAE, load_checkpoint, scene_edits
+from attn_pipeline.models.scene_edits import object_centres, present_cells
 from attn_pipeline.models.steering import (
     MoveToRectangle,
     ReplaceMap,
@@ -244,5 +246,53 @@ def render_steering(
         f"{model_config.variant}: the same prior samples under attention edits "
         f"(each image beside its map); configured edit: {config.steering}",
         fontsize=8,
+    )
+    return figure
+
+
+@torch.no_grad()
+def render_scene_edits(
+    checkpoint: dict[str, Any], test_set: dict[str, torch.Tensor], config: GenerateConfig
+) -> Figure:
+    """``n_steered`` test scenes of an ``objects`` model, one column each: the scene, its
+    reconstruction (whole pixels), one digit moved to the emptiest cell, that digit removed,
+    a copy of it added there, and two digits swapped (scenes of one digit: unchanged)."""
+    model, model_config = load_checkpoint(checkpoint, for_split=test_set)
+    layout = layout_of(model)
+    noise = torch.Generator().manual_seed(config.seed)
+    images = test_set["images"]
+    x = images[torch.randperm(len(images), generator=noise)[: config.n_steered]]
+    mu, _ = model.encode(x)
+    present = present_cells(layout, mu)
+    batch = torch.arange(len(mu))
+    cell = choose_object(present, noise)
+    target, _ = emptiest_cell(layout, present, object_centres(layout, mu))
+    others = present.clone()
+    others[batch, cell] = False
+    second = torch.where(others.any(1), choose_object(others, noise), cell)
+
+    def draw(z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(model.decode(z).logits)
+
+    rows = [
+        ("test scenes", x),
+        ("reconstructions (whole pixels)", draw(mu)),
+        ("one digit moved to the emptiest cell", draw(scene_edits.move(layout, mu, cell, target))),
+        ("that digit removed", draw(scene_edits.remove(layout, mu, cell))),
+        (
+            "a copy of it added in the emptiest cell",
+            draw(scene_edits.add(layout, mu, target, layout.split(mu)[batch, cell, 3:])),
+        ),
+        ("two digits swapped", draw(scene_edits.swap(layout, mu, cell, second))),
+    ]
+    per_row = len(x)
+    figure = Figure(figsize=(1.0 * per_row + 0.3, 1.15 * len(rows) + 0.4), layout="constrained")
+    for ax, (label, values) in zip(figure.subplots(len(rows), 1), rows, strict=True):
+        ax.imshow(np.asarray(_grid(values, per_row)), interpolation="nearest")
+        ax.set_title(label, fontsize=7, loc="left", pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(
+        f"{model_config.variant}: the same test scenes, edited object by object", fontsize=8
     )
     return figure

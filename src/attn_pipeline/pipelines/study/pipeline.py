@@ -21,12 +21,12 @@ COMPARISON_OUTPUTS = [
 ]
 
 
-def _one_run(entry: str, seed: int, steerable: bool) -> Pipeline:
+def _one_run(entry: str, seed: int, steerable: bool, scenes: bool) -> Pipeline:
     cell = run_name(entry, seed)
     template = (
         train.entry_template(cell, train.train_model_of_cell(entry, seed))
-        + evaluate.entry_template(cell)
-        + generate.entry_template(cell, steerable=steerable)
+        + evaluate.entry_template(cell, scenes=scenes)
+        + generate.entry_template(cell, steerable=steerable, scenes=scenes)
         + Pipeline(
             [
                 Node(
@@ -41,7 +41,7 @@ def _one_run(entry: str, seed: int, steerable: bool) -> Pipeline:
     return Pipeline(
         template,
         namespace=cell_namespace(entry, seed),
-        inputs={"train_set", "val_set", *evaluate.SHARED_INPUTS},
+        inputs={"train_set", "val_set", *evaluate.shared_inputs(scenes)},
         parameters={
             "params:model": f"params:{entry}.model",
             "params:train": "params:train",
@@ -53,9 +53,17 @@ def _one_run(entry: str, seed: int, steerable: bool) -> Pipeline:
 
 
 def create_pipeline(
-    entries: Sequence[str], seeds: Sequence[int], steerable: Collection[str] = (), **kwargs
+    entries: Sequence[str],
+    seeds: Sequence[int],
+    steerable: Collection[str] = (),
+    scenes: Collection[str] = (),
+    **kwargs,
 ) -> Pipeline:
-    runs = [_one_run(entry, seed, entry in steerable) for entry in entries for seed in seeds]
+    runs = [
+        _one_run(entry, seed, entry in steerable, entry in scenes)
+        for entry in entries
+        for seed in seeds
+    ]
     shared = data_prep.create_pipeline() + evaluate.shared_pipeline()
     return shared + sum(runs, start=Pipeline([]))
 
