@@ -4,19 +4,31 @@ message."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from attn_pipeline.models import build_vae, make_checkpoint
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.steer import load_checkpoint_model
-from attn_pipeline.steer.app import Box, ModelError, SteerRequest, edit_of
+from attn_pipeline.steer.app import (
+    Box,
+    ModelError,
+    SceneEdit,
+    SceneRequest,
+    SteerRequest,
+    edit_of,
+    edited_scene,
+    scene_objects,
+)
 from tests.conftest import chromium, free_port, wait_until_answering
 
 CANVAS = (1, 40, 40)
@@ -197,6 +209,130 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
             assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
 
             _load_others(page, gate, none)
+            assert "Traceback" not in page.content()
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+SCENE = (1, 64, 64)
+OBJECTS = ModelConfig(
+    variant="objects", backbone="mlp", latent_dim=4, hidden_dim=32, glyph_size=28,
+    attention_resolution=4,
+)  # fmt: skip
+
+
+def _objects_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_vae(OBJECTS, SCENE)
+    torch.save(make_checkpoint(OBJECTS, SCENE, model.state_dict()), path)
+    return path
+
+
+def _scene_with_room(model) -> tuple[int, list[dict[str, int]], tuple[int, int]]:
+    """A seed whose prior sample has two objects or more, its objects, and the centre of an
+    empty cell whose glyph window meets no object's."""
+    for seed in range(50):
+        objects = scene_objects(model, edited_scene(model, SceneRequest(seed=seed)))
+        taken = {o["cell"] for o in objects}
+        for cell in range(16):
+            row, col = min(max(16 * (cell // 4) + 8, 14), 50), min(max(16 * (cell % 4) + 8, 14), 50)
+            apart = all(max(abs(o["row"] - row), abs(o["col"] - col)) >= 28 for o in objects)
+            if len(objects) >= 2 and cell not in taken and apart:
+                return seed, objects, (row, col)
+    raise AssertionError("no prior sample with two objects and room")
+
+
+def test_scene_edits_are_made_in_order_and_bad_ones_named(tmp_path: Path) -> None:
+    model = load_checkpoint_model(_objects_checkpoint(tmp_path / "objects.pt"))
+    assert model.moves and model.map_size == 4
+    seed, objects, (row, col) = _scene_with_room(model)
+    first, second = objects[0], objects[1]
+    edits = [SceneEdit(kind="move", cell=first["cell"], row=row, col=col)]
+    moved = scene_objects(model, edited_scene(model, SceneRequest(seed=seed, edits=edits)))
+    assert {"cell": 4 * (row // 16) + col // 16, "row": row, "col": col} in moved
+    assert first not in moved and second in moved and len(moved) == len(objects)
+    edits.append(SceneEdit(kind="remove", cell=second["cell"]))
+    assert len(scene_objects(model, edited_scene(model, SceneRequest(seed=seed, edits=edits)))) == (
+        len(objects) - 1
+    )
+    bad = [
+        (SceneEdit(kind="remove", cell=first["cell"]), "no object in that cell"),
+        (SceneEdit(kind="move", cell=second["cell"], row=80, col=3), "outside the 64x64 image"),
+        (SceneEdit(kind="add", row=second["row"], col=second["col"]), "holds an object already"),
+    ]
+    for edit, message in bad:
+        with pytest.raises(ModelError, match=message):
+            edited_scene(model, SceneRequest(seed=seed, edits=[*edits[:1], edit]))
+
+
+def _png_pixels(page) -> torch.Tensor:
+    """The scene the page's pad shows, from its data URL, as ``(64, 64)`` grey levels."""
+    from PIL import Image  # noqa: PLC0415
+
+    url = page.evaluate("document.getElementById('pad').background.src")
+    raw = base64.b64decode(url.split(",", 1)[1])
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(raw)).convert("L")))
+
+
+@pytest.mark.process
+def test_the_page_moves_one_digit_and_only_that_one(tmp_path: Path) -> None:
+    """An objects model on the page: its sample's objects in boxes; dragging one box moves
+    that digit alone (its cell, its centre; every pixel outside its old and new windows as
+    it was), and a bad edit is answered with a message."""
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    path = _objects_checkpoint(tmp_path / "objects.pt")
+    seed, objects, (row, col) = _scene_with_room(load_checkpoint_model(path))
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("attn-steer")), "--model", str(path),
+         "--port", str(port), "--out", str(tmp_path / "saved")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_answering(url, server)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(url)
+            page.wait_for_function("document.getElementById('objects-text').textContent")
+            assert "objects, 64x64 images, 4x4 map" in page.inner_text("#description")
+            page.fill("#scene-seed", str(seed))
+            page.dispatch_event("#scene-seed", "change")
+            listed = ", ".join(f"cell {o['cell']} at ({o['row']}, {o['col']})" for o in objects)
+            page.wait_for_function(
+                "([text]) => document.getElementById('objects-text').textContent.endsWith(text)",
+                arg=[listed.replace(", cell", "; cell")],
+            )
+            before = _png_pixels(page)
+            scale = page.locator("#pad").bounding_box()["width"] / 64
+            first = objects[0]
+            _drag(page, (first["col"] + 0.5) * scale, (first["row"] + 0.5) * scale,
+                  (col + 0.5) * scale, (row + 0.5) * scale)  # fmt: skip
+            moved = f"cell {4 * (row // 16) + col // 16} at ({row}, {col})"
+            page.wait_for_function(
+                "([text]) => document.getElementById('objects-text').textContent.includes(text)",
+                arg=[moved],
+            )
+            page.wait_for_function("document.getElementById('pad').background.complete")
+            text = page.inner_text("#objects-text")
+            assert f"cell {first['cell']} at" not in text
+            for other in objects[1:]:
+                assert f"cell {other['cell']} at ({other['row']}, {other['col']})" in text
+            after = _png_pixels(page)
+            outside = torch.ones(64, 64, dtype=torch.bool)
+            for centre in ((first["row"], first["col"]), (row, col)):
+                outside[max(centre[0] - 14, 0) : centre[0] + 14,
+                        max(centre[1] - 14, 0) : centre[1] + 14] = False  # fmt: skip
+            assert torch.equal(after[outside], before[outside])
+            assert not torch.equal(after, before)
+            page.screenshot(path=str(tmp_path / "scene.png"))
+
+            page.click("#swap")  # nothing selected
+            _message_includes(page, "select two objects to swap")
             assert "Traceback" not in page.content()
             browser.close()
     finally:

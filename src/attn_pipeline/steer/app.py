@@ -2,7 +2,10 @@
 
 The page shows prior samples beside their attention maps; the user drags a box over an
 image (or paints the map's cells) and sees the same samples decoded with the edited map
-beside the unsteered ones; a button saves the grid. The model is a registered one (by
+beside the unsteered ones; a button saves the grid. For an ``objects`` model the page shows
+one prior sample's objects, each in its box: drag one to move it, select one to remove it
+or to swap it with another, click an empty place to add one, and the same sample is drawn
+again after every edit. The model is a registered one (by
 default ``models:/attn_pipeline.<dataset>.<entry>@champion``, any ``models:/name/version``
 or ``@alias``) or a checkpoint file. Registered versions hold the generator alone, exported
 (``z -> images``); its weights are loaded into the generator the version's run describes
@@ -33,8 +36,10 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, Field, ValidationError
 from torchvision.transforms.functional import to_pil_image
 
-from attn_pipeline.models import VAE, build_vae
+from attn_pipeline.models import VAE, build_vae, scene_edits
 from attn_pipeline.models.checkpoint import load_checkpoint
+from attn_pipeline.models.objects import CellLayout
+from attn_pipeline.models.scene_edits import object_centres, present_cells
 from attn_pipeline.models.steering import MoveToRectangle, ReplaceMap, ScaleRectangle
 from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.spec.variants import variant_spec
@@ -64,14 +69,23 @@ class SteerableModel:
         return self.vae.image_shape[-1]
 
     @property
+    def layout(self) -> CellLayout | None:
+        """The grid of an ``objects`` model (its map: one object per cell); else None."""
+        objects = self.vae.generator.objects
+        return None if objects is None else objects.layout
+
+    @property
     def map_size(self) -> int:
+        if self.layout is not None:
+            return self.layout.cells
         return self.vae.generator.spatial_map(torch.zeros(1, self.vae.latent_dim)).shape[-1]
 
     @property
     def moves(self) -> bool:
         """Whether its map carries the content's position, so that "move into the box" moves
-        it (``where``); a map that gates or feeds the decoder only re-weights in place."""
-        return variant_spec(self.variant).spatial_map == "position"
+        it (``where``, ``objects``); a map that gates or feeds the decoder only re-weights in
+        place."""
+        return self.layout is not None or variant_spec(self.variant).spatial_map == "position"
 
 
 #: Why "move" is not offered for a map that does not carry position.
@@ -84,10 +98,10 @@ NO_MOVE = (
 
 
 def _steerable(vae: VAE, name: str, variant: str) -> SteerableModel:
-    if vae.generator.spatial_map is None:
+    if vae.generator.spatial_map is None and vae.generator.objects is None:
         raise ModelError(
             f"{name} (variant '{variant}') has no attention map to edit: choose a model of "
-            "a variant with a map (spatial, spatial_gate, where)"
+            "a variant with a map (spatial, spatial_gate, where, objects)"
         )
     return SteerableModel(vae.eval(), name, variant)
 
@@ -166,6 +180,91 @@ class SteerRequest(BaseModel):
     kind: Literal["move", "emphasise", "suppress", "paint"] = "move"
     box: Box | None = None
     cells: list[list[float]] | None = None  # kind paint: the map's new weights
+
+
+class SceneEdit(BaseModel):
+    """One edit of a scene's objects (``objects`` models): move the object of ``cell`` to
+    be centred at ``row, col``; remove it; add one centred at ``row, col`` (a fresh
+    appearance, or that of the object of ``cell``); swap the appearances of ``cell`` and
+    ``other``."""
+
+    kind: Literal["move", "remove", "add", "swap"]
+    cell: int | None = Field(None, ge=0)
+    other: int | None = Field(None, ge=0)
+    row: int | None = None
+    col: int | None = None
+
+
+class SceneRequest(BaseModel):
+    """A prior sample (``seed``) and the edits made to it, in order."""
+
+    seed: int = 0
+    edits: list[SceneEdit] = Field(default_factory=list, max_length=100)
+
+
+def _object_at(layout: CellLayout, z: torch.Tensor, cell: int | None, what: str) -> int:
+    if cell is None or cell >= layout.cells**2 or not bool(present_cells(layout, z)[0, cell]):
+        raise ModelError(f"{what}: no object in that cell; pick one of the scene's objects")
+    return cell
+
+
+def _centre(layout: CellLayout, edit: SceneEdit) -> torch.Tensor:
+    if edit.row is None or edit.col is None:
+        raise ModelError(f"{edit.kind}: say where (row and col, in pixels)")
+    if not (0 <= edit.row < layout.canvas and 0 <= edit.col < layout.canvas):
+        raise ModelError(
+            f"{edit.kind}: ({edit.row}, {edit.col}) is outside the "
+            f"{layout.canvas}x{layout.canvas} image: place it inside"
+        )
+    return torch.tensor([[float(edit.row), float(edit.col)]])
+
+
+def edited_scene(model: SteerableModel, request: SceneRequest) -> torch.Tensor:
+    """The code ``(1, D)`` of the prior sample ``request.seed`` after ``request.edits``
+    (:mod:`attn_pipeline.models.scene_edits`); a ``ModelError`` names an edit that cannot be
+    made (no object there, a cell taken)."""
+    layout = model.layout
+    if layout is None:
+        raise ModelError(f"{model.name} is not an objects model: its edits are of a map")
+    z = torch.randn(1, model.vae.latent_dim, generator=torch.Generator().manual_seed(request.seed))
+    for number, edit in enumerate(request.edits, start=1):
+        try:
+            if edit.kind == "move":
+                cell = _object_at(layout, z, edit.cell, "move")
+                z = scene_edits.move(layout, z, cell, _centre(layout, edit))
+            elif edit.kind == "remove":
+                z = scene_edits.remove(layout, z, _object_at(layout, z, edit.cell, "remove"))
+            elif edit.kind == "add":
+                if edit.cell is None:  # a fresh appearance, the same for the same edit
+                    noise = torch.Generator().manual_seed(request.seed * 1000 + number)
+                    what = torch.randn(1, layout.what, generator=noise)
+                else:
+                    what = layout.split(z)[:, _object_at(layout, z, edit.cell, "add"), 3:]
+                z = scene_edits.add(layout, z, _centre(layout, edit), what)
+            else:
+                first = _object_at(layout, z, edit.cell, "swap")
+                z = scene_edits.swap(layout, z, first, _object_at(layout, z, edit.other, "swap"))
+        except ValueError as error:  # a box whose cell holds another object
+            raise ModelError(f"{edit.kind}: {error}") from None
+    return z
+
+
+def scene_objects(model: SteerableModel, z: torch.Tensor) -> list[dict[str, int]]:
+    """The objects of the scene ``z (1, D)``: each one's cell and centre (whole pixels)."""
+    layout = model.layout
+    present = present_cells(layout, z)[0]
+    centres = object_centres(layout, z)[0]
+    return [
+        {"cell": cell, "row": int(centres[cell, 0]), "col": int(centres[cell, 1])}
+        for cell in range(layout.cells**2)
+        if bool(present[cell])
+    ]
+
+
+def _data_url(image: torch.Tensor) -> str:
+    buffer = io.BytesIO()
+    to_pil_image(image.clamp(0, 1)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def edit_of(request: SteerRequest, model: SteerableModel):
@@ -251,7 +350,20 @@ def create_app(model: SteerableModel | None, out_dir: Path, load=None) -> FastAP
         m = current()
         return {"name": m.name, "variant": m.variant, "image_size": m.image_size,
                 "map_size": m.map_size, "moves": m.moves,
-                "no_move": None if m.moves else NO_MOVE}  # fmt: skip
+                "no_move": None if m.moves else NO_MOVE,
+                "objects": m.layout is not None,
+                "glyph": None if m.layout is None else m.layout.glyph}  # fmt: skip
+
+    @app.post("/api/scene")
+    def scene(request: SceneRequest) -> dict[str, Any]:
+        """The prior sample ``seed`` drawn unedited and after the edits, with its objects."""
+        m = current()
+        z = answered(lambda: edited_scene(m, request))
+        unedited = answered(lambda: edited_scene(m, SceneRequest(seed=request.seed)))
+        with torch.no_grad():
+            drawn = torch.sigmoid(m.vae.decode(torch.cat([unedited, z])).logits)
+        return {"before": _data_url(drawn[0]), "image": _data_url(drawn[1]),
+                "objects": scene_objects(m, z)}  # fmt: skip
 
     @app.post("/api/model")
     def load_model(body: dict[str, str]) -> dict[str, Any]:
@@ -267,10 +379,7 @@ def create_app(model: SteerableModel | None, out_dir: Path, load=None) -> FastAP
         z = torch.randn(1, m.vae.latent_dim, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             image = torch.sigmoid(m.vae.decode(z).logits)[0]
-        picture = to_pil_image(image.clamp(0, 1))
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return {"image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+        return {"image": _data_url(image)}
 
     @app.post("/api/steer")
     def steer(request: SteerRequest) -> dict[str, str]:
