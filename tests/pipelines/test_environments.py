@@ -13,6 +13,9 @@ import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from attn_pipeline.models import build_vae, count_parameters
+from attn_pipeline.pipelines.study.statistics import EQUAL_SIZE_TOLERANCE, comparison_kind
+from attn_pipeline.spec.config import ModelConfig
 from attn_pipeline.spec.parameters import load_parameters
 from tests.conftest import PROJECT_ROOT, TINY_RUN, project_copy
 
@@ -33,12 +36,29 @@ def test_the_documented_environment_is_the_projects_file() -> None:
     assert documented == yaml.safe_load(shipped.read_text())
 
 
-@pytest.mark.parametrize("env", ["fashion_mnist", "translated_mnist", "translated_fashion_mnist"])
+@pytest.mark.parametrize(
+    "env", ["fashion_mnist", "translated_mnist", "translated_fashion_mnist", "multi_mnist"]
+)
 def test_each_environment_is_one_file(env: str) -> None:
     assert sorted(p.name for p in (PROJECT_ROOT / "conf" / env).iterdir()) == ["environment.yml"]
     params = load_parameters(PROJECT_ROOT / "conf", env)
     assert params["dataset"] == env  # the globals' name reaches the parameters too
-    assert params["train"] == {} and "none" in params  # base's blocks are kept
+    # base's blocks are kept; the scenes' environment states its own budget
+    assert params["train"] == ({"epochs": 12} if env == "multi_mnist" else {})
+    assert "none" in params
+
+
+def test_the_scenes_size_baseline_has_the_objects_variants_parameters() -> None:
+    """On multi-MNIST's 64x64 scenes ``none_wide`` is within 2% of ``objects``'s parameter
+    count, as the study's tables call it "equal size"."""
+    params = load_parameters(PROJECT_ROOT / "conf", "multi_mnist")
+    shape = (1, params["data_prep"]["canvas_size"], params["data_prep"]["canvas_size"])
+    sizes = {
+        name: count_parameters(build_vae(ModelConfig.model_validate(params[name]["model"]), shape))
+        for name in params["study"]["entries"]
+    }
+    assert abs(sizes["none_wide"] / sizes["objects"] - 1) <= EQUAL_SIZE_TOLERANCE
+    assert comparison_kind(sizes["objects"], sizes["none_wide"]) == "equal budget and size"
 
 
 @pytest.mark.pipeline

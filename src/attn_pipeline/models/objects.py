@@ -165,21 +165,22 @@ class CellRegions:
 
 class CellEncoder(nn.Module):
     """``x (B, C, S, S) -> mu, logvar (B, D)``: a conv net down to the grid (stride
-    ``S / cells``, each cell seeing its neighbours) gives every cell its presence and
-    centre; a glyph encoder reads the ``g x g`` window at that centre for ``what``."""
+    ``S / cells``, each cell seeing its neighbours and theirs) gives every cell its presence
+    and centre; a glyph encoder reads the ``g x g`` window at that centre for ``what``."""
 
     def __init__(self, layout: CellLayout, channels: int, glyph_encoder: nn.Module) -> None:
         super().__init__()
         self.layout = layout
         self.regions = CellRegions(layout)
-        downsamplings = int(math.log2(layout.canvas // layout.cells))
         layers: list[nn.Module] = []
         width, image_channels = channels, 1
-        for step in range(downsamplings):
+        for step in range(int(math.log2(layout.canvas // layout.cells))):
             out = min(channels * 2**step, 2 * channels)
             layers += [nn.Conv2d(image_channels if step == 0 else width, out, 3, 2, 1), nn.ELU()]
             width = out
-        # a cell sees the cells around it: a digit near an edge is claimed by one cell
+        # a cell sees the cells around it (two 3x3 layers: the next but one too), so that a
+        # digit near an edge is claimed by one cell
+        layers += [nn.Conv2d(width, width, 3, 1, 1), nn.ELU()]
         layers += [nn.Conv2d(width, width, 3, 1, 1), nn.ELU(), nn.Conv2d(width, 6, 1)]
         self.grid = nn.Sequential(*layers)
         self.glyph_encoder = glyph_encoder
@@ -188,6 +189,14 @@ class CellEncoder(nn.Module):
         layout, (batch, n) = self.layout, (len(x), self.layout.cells**2)
         heads = self.grid(x).flatten(2).transpose(1, 2)  # (B, n, 6)
         mu_pw, logvar_pw = heads[..., :3], heads[..., 3:]
+        return self._with_what(x, mu_pw, logvar_pw)
+
+    def _with_what(
+        self, x: torch.Tensor, mu_pw: torch.Tensor, logvar_pw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's ``what`` from the window at its centre, after its presence and centre
+        ``(B, n, 3)``: the whole ``mu, logvar (B, D)``."""
+        layout, (batch, n) = self.layout, (len(x), self.layout.cells**2)
         offsets = self.regions.glyph_offsets(layout.centres(mu_pw[..., WHERE])).flatten(0, 1)
         side, glyph = self.regions.side, layout.glyph
         rows = shift_matrices(offsets[:, 0], side, glyph)  # (B * n, side, g)
