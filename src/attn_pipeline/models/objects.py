@@ -189,14 +189,6 @@ class CellEncoder(nn.Module):
         layout, (batch, n) = self.layout, (len(x), self.layout.cells**2)
         heads = self.grid(x).flatten(2).transpose(1, 2)  # (B, n, 6)
         mu_pw, logvar_pw = heads[..., :3], heads[..., 3:]
-        return self._with_what(x, mu_pw, logvar_pw)
-
-    def _with_what(
-        self, x: torch.Tensor, mu_pw: torch.Tensor, logvar_pw: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each cell's ``what`` from the window at its centre, after its presence and centre
-        ``(B, n, 3)``: the whole ``mu, logvar (B, D)``."""
-        layout, (batch, n) = self.layout, (len(x), self.layout.cells**2)
         offsets = self.regions.glyph_offsets(layout.centres(mu_pw[..., WHERE])).flatten(0, 1)
         side, glyph = self.regions.side, layout.glyph
         rows = shift_matrices(offsets[:, 0], side, glyph)  # (B * n, side, g)
