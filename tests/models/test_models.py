@@ -44,7 +44,10 @@ EXPECTED_MAPS = {
     "objects": {"presence": (5, 1, 7, 7)},
 }
 #: settings a variant cannot do without (on 28x28 images)
-REQUIRED = {"where": {"glyph_size": 20}, "objects": {"glyph_size": 12, "attention_resolution": 7}}
+REQUIRED = {
+    "where": {"glyph_size": 20},
+    "objects": {"glyph_size": 8, "attention_resolution": 7, "conv_channels": (8, 16)},
+}
 #: the latent code's size where it is not latent_dim (8): where adds a position; objects
 #: has per cell a presence, a centre and latent_dim of appearance
 LATENT_DIMS = {"where": 8 + 2, "objects": 7 * 7 * (1 + 2 + 8)}

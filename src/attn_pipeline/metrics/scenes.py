@@ -83,22 +83,18 @@ def emptiest_cell(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``present (B, n)`` and ``centres (B, n, 2)``: the empty cell farthest
     from every object, as the centre in it where a whole glyph stays on the canvas ``(B,
-    2)`` and the cell's box ``(B, 4)`` top, bottom, left, right."""
+    2)`` and the box of a cell's size centred there ``(B, 4)`` top, bottom, left, right."""
     cell_centres = layout.cell_origins(centres.device) + layout.cell_side / 2  # (n, 2)
     distance = (cell_centres[None, :, None] - centres[:, None]).norm(dim=-1)  # (B, n, n)
     distance = distance.masked_fill(~present[:, None, :], float("inf")).amin(2)
     cell = distance.masked_fill(present, -1.0).argmax(1)
     half = layout.glyph / 2
     centre = cell_centres[cell].clamp(half, layout.canvas - half).floor()
-    origin = layout.cell_origins(centres.device)[cell]
+    # the box asked for: a cell's size, centred where the object goes (a cell at the
+    # canvas's edge has its centre moved in, so that a whole glyph stays on the canvas)
+    reach = layout.cell_side / 2
     box = torch.stack(
-        [
-            origin[:, 0],
-            origin[:, 0] + layout.cell_side,
-            origin[:, 1],
-            origin[:, 1] + layout.cell_side,
-        ],
-        1,
+        [centre[:, 0] - reach, centre[:, 0] + reach, centre[:, 1] - reach, centre[:, 1] + reach], 1
     )
     return centre, box
 
