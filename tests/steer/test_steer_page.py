@@ -10,7 +10,10 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,16 +166,15 @@ def _load_others(page, gate: Path, none: Path) -> None:
     )
 
 
-@pytest.mark.process
-def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
+@contextmanager
+def _page_for(model: Path, tmp_path: Path, out: Path) -> Iterator[Any]:
+    """``attn-steer --model model`` in a process of its own, and a headless Chromium page
+    on it; both stopped after."""
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
-    where = _checkpoint(tmp_path / "where.pt", WHERE)
-    none = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
-    gate = _checkpoint(tmp_path / "gate.pt", ModelConfig(variant="spatial_gate", latent_dim=4))
-    port, out = free_port(), tmp_path / "saved"
+    port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("attn-steer")), "--model", str(where),
+        [str(Path(sys.executable).with_name("attn-steer")), "--model", str(model),
          "--port", str(port), "--out", str(out)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -183,37 +185,43 @@ def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             page.goto(url)
-            page.wait_for_function("document.getElementById('description').textContent")
-            assert "where, 40x40 images, 20x20 map" in page.inner_text("#description")
-            assert page.is_checked("input[value=move]") and not page.is_visible("#no-move")
-
-            page.click("#steer")  # no box yet
-            _message_includes(page, "the box is empty")
-
-            _drag(page, 10, 10, 130, 130)  # the top left quadrant of the 280-pixel pad
-            # the box in the image's pixels (a pixel either way at the pad's edges)
-            assert re.fullmatch(
-                r"rows [12]-1[89], columns [12]-1[89]", page.inner_text("#box-text")
-            )
-            top_left = _steer(page)
-            _drag(page, 150, 150, 270, 270)
-            bottom_right = _steer(page)
-            assert top_left.startswith("data:image/png;base64,") and top_left != bottom_right
-            page.screenshot(path=str(tmp_path / "page.png"))
-
-            page.click("#save")
-            page.wait_for_function(
-                "document.getElementById('message').textContent.startsWith('saved')"
-            )
-            saved = list(out.glob("steered_*.png"))
-            assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
-
-            _load_others(page, gate, none)
-            assert "Traceback" not in page.content()
+            yield page
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.process
+def test_the_page_steers_saves_and_explains_bad_input(tmp_path: Path) -> None:
+    where = _checkpoint(tmp_path / "where.pt", WHERE)
+    none = _checkpoint(tmp_path / "none.pt", ModelConfig(latent_dim=4))
+    gate = _checkpoint(tmp_path / "gate.pt", ModelConfig(variant="spatial_gate", latent_dim=4))
+    out = tmp_path / "saved"
+    with _page_for(where, tmp_path, out) as page:
+        page.wait_for_function("document.getElementById('description').textContent")
+        assert "where, 40x40 images, 20x20 map" in page.inner_text("#description")
+        assert page.is_checked("input[value=move]") and not page.is_visible("#no-move")
+
+        page.click("#steer")  # no box yet
+        _message_includes(page, "the box is empty")
+
+        _drag(page, 10, 10, 130, 130)  # the top left quadrant of the 280-pixel pad
+        # the box in the image's pixels (a pixel either way at the pad's edges)
+        assert re.fullmatch(r"rows [12]-1[89], columns [12]-1[89]", page.inner_text("#box-text"))
+        top_left = _steer(page)
+        _drag(page, 150, 150, 270, 270)
+        bottom_right = _steer(page)
+        assert top_left.startswith("data:image/png;base64,") and top_left != bottom_right
+        page.screenshot(path=str(tmp_path / "page.png"))
+
+        page.click("#save")
+        page.wait_for_function("document.getElementById('message').textContent.startsWith('saved')")
+        saved = list(out.glob("steered_*.png"))
+        assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
+
+        _load_others(page, gate, none)
+        assert "Traceback" not in page.content()
 
 
 SCENE = (1, 64, 64)
@@ -281,60 +289,42 @@ def test_the_page_moves_one_digit_and_only_that_one(tmp_path: Path) -> None:
     """An objects model on the page: its sample's objects in boxes; dragging one box moves
     that digit alone (its cell, its centre; every pixel outside its old and new windows as
     it was), and a bad edit is answered with a message."""
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
-
     path = _objects_checkpoint(tmp_path / "objects.pt")
     seed, objects, (row, col) = _scene_with_room(load_checkpoint_model(path))
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("attn-steer")), "--model", str(path),
-         "--port", str(port), "--out", str(tmp_path / "saved")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_answering(url, server)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.goto(url)
-            page.wait_for_function("document.getElementById('objects-text').textContent")
-            assert "objects, 64x64 images, 4x4 map" in page.inner_text("#description")
-            page.fill("#scene-seed", str(seed))
-            page.dispatch_event("#scene-seed", "change")
-            listed = ", ".join(f"cell {o['cell']} at ({o['row']}, {o['col']})" for o in objects)
-            page.wait_for_function(
-                "([text]) => document.getElementById('objects-text').textContent.endsWith(text)",
-                arg=[listed.replace(", cell", "; cell")],
-            )
-            before = _png_pixels(page)
-            scale = page.locator("#pad").bounding_box()["width"] / 64
-            first = objects[0]
-            _drag(page, (first["col"] + 0.5) * scale, (first["row"] + 0.5) * scale,
-                  (col + 0.5) * scale, (row + 0.5) * scale)  # fmt: skip
-            moved = f"cell {4 * (row // 16) + col // 16} at ({row}, {col})"
-            page.wait_for_function(
-                "([text]) => document.getElementById('objects-text').textContent.includes(text)",
-                arg=[moved],
-            )
-            page.wait_for_function("document.getElementById('pad').background.complete")
-            text = page.inner_text("#objects-text")
-            assert f"cell {first['cell']} at" not in text
-            for other in objects[1:]:
-                assert f"cell {other['cell']} at ({other['row']}, {other['col']})" in text
-            after = _png_pixels(page)
-            outside = torch.ones(64, 64, dtype=torch.bool)
-            for centre in ((first["row"], first["col"]), (row, col)):
-                outside[max(centre[0] - 14, 0) : centre[0] + 14,
-                        max(centre[1] - 14, 0) : centre[1] + 14] = False  # fmt: skip
-            assert torch.equal(after[outside], before[outside])
-            assert not torch.equal(after, before)
-            page.screenshot(path=str(tmp_path / "scene.png"))
+    with _page_for(path, tmp_path, tmp_path / "saved") as page:
+        page.wait_for_function("document.getElementById('objects-text').textContent")
+        assert "objects, 64x64 images, 4x4 map" in page.inner_text("#description")
+        page.fill("#scene-seed", str(seed))
+        page.dispatch_event("#scene-seed", "change")
+        listed = ", ".join(f"cell {o['cell']} at ({o['row']}, {o['col']})" for o in objects)
+        page.wait_for_function(
+            "([text]) => document.getElementById('objects-text').textContent.endsWith(text)",
+            arg=[listed.replace(", cell", "; cell")],
+        )
+        before = _png_pixels(page)
+        scale = page.locator("#pad").bounding_box()["width"] / 64
+        first = objects[0]
+        _drag(page, (first["col"] + 0.5) * scale, (first["row"] + 0.5) * scale,
+              (col + 0.5) * scale, (row + 0.5) * scale)  # fmt: skip
+        moved = f"cell {4 * (row // 16) + col // 16} at ({row}, {col})"
+        page.wait_for_function(
+            "([text]) => document.getElementById('objects-text').textContent.includes(text)",
+            arg=[moved],
+        )
+        page.wait_for_function("document.getElementById('pad').background.complete")
+        text = page.inner_text("#objects-text")
+        assert f"cell {first['cell']} at" not in text
+        for other in objects[1:]:
+            assert f"cell {other['cell']} at ({other['row']}, {other['col']})" in text
+        after = _png_pixels(page)
+        outside = torch.ones(64, 64, dtype=torch.bool)
+        for centre in ((first["row"], first["col"]), (row, col)):
+            outside[max(centre[0] - 14, 0) : centre[0] + 14,
+                    max(centre[1] - 14, 0) : centre[1] + 14] = False  # fmt: skip
+        assert torch.equal(after[outside], before[outside])
+        assert not torch.equal(after, before)
+        page.screenshot(path=str(tmp_path / "scene.png"))
 
-            page.click("#swap")  # nothing selected
-            _message_includes(page, "select two objects to swap")
-            assert "Traceback" not in page.content()
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        page.click("#swap")  # nothing selected
+        _message_includes(page, "select two objects to swap")
+        assert "Traceback" not in page.content()
