@@ -18,7 +18,6 @@ from attn_pipeline.models.objects import (
     PRESENCE_THRESHOLD,
     CellLayout,
     CellRegions,
-    shift_matrices,
 )
 from attn_pipeline.models.where import cut_window, place_glyph
 from attn_pipeline.spec.config import ModelConfig
@@ -68,9 +67,7 @@ def test_placing_and_reading_windows_by_matrices_is_grid_samples_bilinear() -> N
     noise = torch.Generator().manual_seed(0)
     glyphs = torch.rand(2, 16, 1, 28, 28, generator=noise)
     centres = LAYOUT.centres(torch.randn(2, 16, 2, generator=noise))
-    offsets = regions.glyph_offsets(centres).flatten(0, 1)
-    rows = shift_matrices(offsets[:, 0], regions.side, 28)[:, None]
-    cols = shift_matrices(offsets[:, 1], regions.side, 28)[:, None]
+    rows, cols = (m[:, None] for m in regions.shifts(centres))
     placed = (rows @ glyphs.flatten(0, 1) @ cols.transpose(-1, -2)).view(2, 16, 1, 46, 46)
     for cell in (0, 5, 15):
         alone = torch.zeros_like(placed)

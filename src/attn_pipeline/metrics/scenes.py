@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from attn_pipeline.models import VAE
 from attn_pipeline.models.classifier import FeatureClassifier
-from attn_pipeline.models.objects import CellLayout
+from attn_pipeline.models.objects import WHAT, CellLayout
 from attn_pipeline.models.scene_edits import add, move, object_centres, present_cells, remove, swap
 from attn_pipeline.models.where import ink_centroid
 
@@ -194,7 +194,7 @@ def _one_object_edits(
     outside_both = outside_windows(size, [old_centre, new_centre], side)
     tally.add("move_change_outside", _change_outside(before, moved, outside_both))
 
-    what = layout.split(codes)[batch, cell, 3:]
+    what = layout.split(codes)[batch, cell, WHAT]
     added = _draw(model, add(layout, codes, new_centre, what))
     tally.add("add_count", _count(model, layout, added) == count_before + 1)
     tally.add("add_in_box", _in_box(ink_centroid((added - before).clamp_min(0)), box))

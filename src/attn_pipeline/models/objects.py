@@ -40,7 +40,7 @@ PRESENCE_THRESHOLD = math.sqrt(2.0) * torch.erfinv(torch.tensor(1 - 2 * PRESENCE
 #: Temperature of the relaxed presence the decoder takes (0: the hard threshold).
 TEMPERATURE = 0.25
 #: Offsets of the per-cell latent: presence, then the centre (row, column), then ``what``.
-PRES, WHERE = 0, slice(1, 3)
+PRES, WHERE, WHAT = 0, slice(1, 3), slice(3, None)
 _ROOT2 = math.sqrt(2.0)
 
 
@@ -90,9 +90,13 @@ class CellLayout:
         u = 0.5 * (1 + torch.erf(z_where.float() / _ROOT2))
         return self.cell_origins(z_where.device) + self.cell_side * u
 
-    def code(self, centres: torch.Tensor, eps: float = 0.005) -> torch.Tensor:
-        """The inverse of :meth:`centres` for centres inside their cells: ``(B, n, 2)``."""
-        u = ((centres - self.cell_origins(centres.device)) / self.cell_side).clamp(eps, 1 - eps)
+    def code(self, centres: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`centres`: ``z_where (B, 2)`` that puts the glyphs of the
+        cells ``cells (B,)`` at the whole-pixel ``centres (B, 2)`` (inside them), within
+        0.01 pixel of it, so drawn at it."""
+        u = ((centres - self.cell_origins(centres.device)[cells]) / self.cell_side).clamp(
+            1e-3, 1 - 1e-3
+        )
         return _ROOT2 * torch.erfinv(2 * u - 1)
 
     def cell_of(self, point: torch.Tensor) -> torch.Tensor:
@@ -157,10 +161,16 @@ class CellRegions:
         canvas = canvas.view(batch, channels, size, size)
         return canvas[..., self.margin : -self.margin, self.margin : -self.margin]
 
-    def glyph_offsets(self, centres: torch.Tensor) -> torch.Tensor:
-        """``centres (B, n, 2)`` on the canvas -> ``(B, n, 2)``: where each glyph's top-left
-        corner sits in its cell's region."""
-        return centres - self.origins(centres.device) - self.layout.glyph / 2
+    def shifts(self, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``centres (B, n, 2)`` on the canvas -> the :func:`shift_matrices` of rows and of
+        columns, each ``(B * n, side, g)``, that put each cell's glyph at its centre in the
+        cell's region (and, transposed, read it back)."""
+        corners = (centres - self.origins(centres.device) - self.layout.glyph / 2).flatten(0, 1)
+        glyph = self.layout.glyph
+        return (
+            shift_matrices(corners[:, 0], self.side, glyph),
+            shift_matrices(corners[:, 1], self.side, glyph),
+        )
 
 
 class CellEncoder(nn.Module):
@@ -168,12 +178,14 @@ class CellEncoder(nn.Module):
     ``S / cells``, each cell seeing its neighbours and theirs) gives every cell its presence
     and centre; a glyph encoder reads the ``g x g`` window at that centre for ``what``."""
 
-    def __init__(self, layout: CellLayout, channels: int, glyph_encoder: nn.Module) -> None:
+    def __init__(
+        self, layout: CellLayout, image_channels: int, channels: int, glyph_encoder: nn.Module
+    ) -> None:
         super().__init__()
         self.layout = layout
         self.regions = CellRegions(layout)
         layers: list[nn.Module] = []
-        width, image_channels = channels, 1
+        width = channels
         for step in range(int(math.log2(layout.canvas // layout.cells))):
             out = min(channels * 2**step, 2 * channels)
             layers += [nn.Conv2d(image_channels if step == 0 else width, out, 3, 2, 1), nn.ELU()]
@@ -189,10 +201,7 @@ class CellEncoder(nn.Module):
         layout, (batch, n) = self.layout, (len(x), self.layout.cells**2)
         heads = self.grid(x).flatten(2).transpose(1, 2)  # (B, n, 6)
         mu_pw, logvar_pw = heads[..., :3], heads[..., 3:]
-        offsets = self.regions.glyph_offsets(layout.centres(mu_pw[..., WHERE])).flatten(0, 1)
-        side, glyph = self.regions.side, layout.glyph
-        rows = shift_matrices(offsets[:, 0], side, glyph)  # (B * n, side, g)
-        cols = shift_matrices(offsets[:, 1], side, glyph)
+        rows, cols = self.regions.shifts(layout.centres(mu_pw[..., WHERE]))  # (B * n, side, g)
         regions = self.regions.cut(x.float()).flatten(0, 1)  # (B * n, C, side, side)
         windows = rows.transpose(1, 2)[:, None] @ regions @ cols[:, None]  # (B * n, C, g, g)
         mu_what, logvar_what = self.glyph_encoder(windows.to(x.dtype))
@@ -222,10 +231,7 @@ class ObjectCanvas(nn.Module):
         centres = layout.centres(cells[..., WHERE])
         if not self.training:
             centres = centres.round()
-        offsets = self.regions.glyph_offsets(centres).flatten(0, 1)  # (B * n, 2)
-        side, glyph = self.regions.side, layout.glyph
-        rows = shift_matrices(offsets[:, 0], side, glyph)[:, None]  # (B * n, 1, side, g)
-        cols = shift_matrices(offsets[:, 1], side, glyph)[:, None]
+        rows, cols = (m[:, None] for m in self.regions.shifts(centres))  # (B * n, 1, side, g)
         ink = torch.sigmoid(glyphs.float()) * present.flatten()[:, None, None, None]
         placed = rows @ ink @ cols.transpose(-1, -2)  # (B * n, C, side, side)
         objects = self.regions.paste_max(placed.view(batch, n, *placed.shape[1:]))

@@ -9,16 +9,13 @@ An object is a cell whose ``z_pres`` is above the threshold
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .objects import PRES, PRESENCE_THRESHOLD, WHERE, CellLayout
+from .objects import PRES, PRESENCE_THRESHOLD, WHAT, WHERE, CellLayout
 
 #: ``z_pres`` of a removed object and of an added one: far enough past the threshold that
 #: the relaxed presence is 0 or 1 to within 1e-6.
 ABSENT, PRESENT = -3.0, 5.0
-_ROOT2 = math.sqrt(2.0)
 
 
 def present_cells(layout: CellLayout, z: torch.Tensor) -> torch.Tensor:
@@ -34,14 +31,6 @@ def object_centres(layout: CellLayout, z: torch.Tensor) -> torch.Tensor:
 def _rows(z: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
     index = torch.as_tensor(index, device=z.device)
     return index.expand(len(z)) if index.dim() == 0 else index
-
-
-def _placed_code(layout: CellLayout, cell: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """``z_where (B, 2)`` that puts the glyph of the cells ``cell (B,)`` at the whole-pixel
-    ``centre (B, 2)`` (inside the cell): within 0.01 pixel of it, so drawn at it."""
-    origins = layout.cell_origins(centre.device)[cell]
-    u = ((centre - origins) / layout.cell_side).clamp(1e-3, 1 - 1e-3)
-    return _ROOT2 * torch.erfinv(2 * u - 1)
 
 
 def move(
@@ -62,7 +51,7 @@ def move(
             "the box's cell holds another object: remove it first, or move this one elsewhere"
         )
     moved = cells[rows, source].clone()
-    moved[:, WHERE] = _placed_code(layout, target, centre)
+    moved[:, WHERE] = layout.code(centre, target)
     cells[rows, source, PRES] = ABSENT
     cells[rows, target] = moved
     return cells.flatten(1)
@@ -88,8 +77,8 @@ def add(
     if bool((cells[rows, target, PRES] > PRESENCE_THRESHOLD).any()):
         raise ValueError("the box's cell holds an object already: move or remove it first")
     cells[rows, target, PRES] = PRESENT
-    cells[rows, target, WHERE] = _placed_code(layout, target, centre)
-    cells[rows, target, 3:] = what
+    cells[rows, target, WHERE] = layout.code(centre, target)
+    cells[rows, target, WHAT] = what
     return cells.flatten(1)
 
 
@@ -101,7 +90,7 @@ def swap(
     cells = layout.split(z).clone()
     rows = torch.arange(len(z), device=z.device)
     a, b = _rows(z, first), _rows(z, second)
-    what_a = cells[rows, a, 3:].clone()
-    cells[rows, a, 3:] = cells[rows, b, 3:]
-    cells[rows, b, 3:] = what_a
+    what_a = cells[rows, a, WHAT].clone()
+    cells[rows, a, WHAT] = cells[rows, b, WHAT]
+    cells[rows, b, WHAT] = what_a
     return cells.flatten(1)

@@ -23,7 +23,7 @@ from .attention import (
     as_decoder_channel,
 )
 from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_sides
-from .objects import CellEncoder, CellLayout, ObjectCanvas
+from .objects import WHAT, CellEncoder, CellLayout, ObjectCanvas
 from .where import GlyphCentres, GlyphPlacement, PositionMap, WhereEncoder, cut_window
 
 
@@ -122,7 +122,7 @@ class Generator(nn.Module):
         maps: dict[str, torch.Tensor] = {}
         if self.objects is not None:  # the objects' edits change z (models/scene_edits.py)
             cells = self.objects.layout.split(z)
-            glyphs, _ = self.decoder(cells[..., 3:].flatten(0, 1))  # each cell's what
+            glyphs, _ = self.decoder(cells[..., WHAT].flatten(0, 1))  # each cell's what
             logits, present = self.objects(cells, glyphs)
             return DecoderOutput(logits=logits, attention={"presence": present[:, None]})
         code = z
@@ -342,7 +342,7 @@ def _build_objects(config: ModelConfig, image_shape: tuple[int, int, int]) -> VA
         block_name=None,
         attention_resolution=None,
     )
-    encoder = CellEncoder(layout, config.conv_channels[0], glyph_encoder)
+    encoder = CellEncoder(layout, channels, config.conv_channels[0], glyph_encoder)
     generator = Generator(glyph_decoder, objects=ObjectCanvas(layout))
     return VAE(encoder, generator, latent_dim=layout.latent_dim)
 

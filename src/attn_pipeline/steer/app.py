@@ -38,7 +38,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from attn_pipeline.models import VAE, build_vae, scene_edits
 from attn_pipeline.models.checkpoint import load_checkpoint
-from attn_pipeline.models.objects import CellLayout
+from attn_pipeline.models.objects import WHAT, CellLayout
 from attn_pipeline.models.scene_edits import object_centres, present_cells
 from attn_pipeline.models.steering import MoveToRectangle, ReplaceMap, ScaleRectangle
 from attn_pipeline.spec.config import ModelConfig
@@ -239,7 +239,7 @@ def edited_scene(model: SteerableModel, request: SceneRequest) -> torch.Tensor:
                     noise = torch.Generator().manual_seed(request.seed * 1000 + number)
                     what = torch.randn(1, layout.what, generator=noise)
                 else:
-                    what = layout.split(z)[:, _object_at(layout, z, edit.cell, "add"), 3:]
+                    what = layout.split(z)[:, _object_at(layout, z, edit.cell, "add"), WHAT]
                 z = scene_edits.add(layout, z, _centre(layout, edit), what)
             else:
                 first = _object_at(layout, z, edit.cell, "swap")

@@ -162,7 +162,8 @@ def evaluate_model(
         (:func:`~attn_pipeline.metrics.steering_metrics`) and the move benchmark's
         ``move_*`` (:func:`~attn_pipeline.metrics.move_metrics`), and nothing of them for
         the others; for the ``objects`` variant, given ``object_classifier`` (a classifier
-        of the scenes' digits), the scene benchmark's ``scene_*``
+        of the scenes' digits, the raw data set's reference extractor: the node's seventh
+        input for ``objects`` entries), the scene benchmark's ``scene_*``
         (:func:`~attn_pipeline.metrics.scenes.scene_metrics`).
         The evaluation's description (tags for MLflow): N, K, the NLL's image count, the
         extractor's hash, and which likelihood ``test/nll_iw`` is.
@@ -293,28 +294,6 @@ def _evaluate(
         "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
     )
     return {f"test/{k}": v for k, v in metrics.items()}, description
-
-
-def evaluate_scene_model(
-    checkpoint: dict[str, Any],
-    test_set: dict[str, torch.Tensor],
-    feature_extractor: dict[str, Any],
-    test_real_images: dict[str, Any],
-    config: EvaluateConfig,
-    evaluation_cache: ResultCache,
-    object_classifier: dict[str, Any],
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """:func:`evaluate_model` of an ``objects`` model, with the scene benchmark measured by
-    ``object_classifier`` (the digits' classifier: the raw data set's reference extractor)."""
-    return evaluate_model(
-        checkpoint,
-        test_set,
-        feature_extractor,
-        test_real_images,
-        config,
-        evaluation_cache,
-        object_classifier=object_classifier,
-    )
 
 
 def tabulate_test_metrics(**metrics_by_variant: dict[str, float]) -> pd.DataFrame:

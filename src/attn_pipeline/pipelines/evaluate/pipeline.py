@@ -15,7 +15,6 @@ from attn_pipeline.pipelines import EVALUATE_TAG, feature_extractor
 from .nodes import (
     data_inputs,
     evaluate_model,
-    evaluate_scene_model,
     measure_real_images,
     tabulate_test_metrics,
 )
@@ -61,7 +60,7 @@ def entry_template(label: str, scenes: bool = False) -> Pipeline:
     return Pipeline(
         [
             Node(
-                evaluate_scene_model if scenes else evaluate_model,
+                evaluate_model,
                 inputs=[*inputs, OBJECT_CLASSIFIER] if scenes else inputs,
                 outputs=["test_metrics", "evaluation_info"],
                 name=f"evaluate_{label}",

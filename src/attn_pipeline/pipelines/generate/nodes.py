@@ -21,6 +21,7 @@ from attn_pipeline.metrics.steering import (
     pixel_box,
 )
 from attn_pipeline.models import VAE, load_checkpoint, scene_edits
+from attn_pipeline.models.objects import WHAT
 from attn_pipeline.models.scene_edits import object_centres, present_cells
 from attn_pipeline.models.steering import (
     MoveToRectangle,
@@ -281,7 +282,7 @@ def render_scene_edits(
         ("that digit removed", draw(scene_edits.remove(layout, mu, cell))),
         (
             "a copy of it added in the emptiest cell",
-            draw(scene_edits.add(layout, mu, target, layout.split(mu)[batch, cell, 3:])),
+            draw(scene_edits.add(layout, mu, target, layout.split(mu)[batch, cell, WHAT])),
         ),
         ("two digits swapped", draw(scene_edits.swap(layout, mu, cell, second))),
     ]
